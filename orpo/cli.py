@@ -1,0 +1,136 @@
+"""The `orpo` command: plan, train, run, report, bench.
+
+Every command validates its input before doing anything, and exits with status 2 and a message
+naming the problem when the input is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orpo.config import ConfigError, expand_cells, load_experiment
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> int:
+    print(f"orpo: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_plan(args) -> int:
+    from orpo.plan import plan_lines
+
+    exp = load_experiment(args.experiment, args.set)
+    print(f"experiment {exp.name}: {exp.data.source} data, models {', '.join(exp.models)}, "
+          f"methods {', '.join(exp.methods)}, seeds {exp.seeds}")
+    print("\n".join(plan_lines(exp)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from orpo import paths, tracking
+    from orpo.data.prepare import prepare_data
+    from orpo.pipeline import make_job, train_cell
+    from orpo.training.job import CellJob
+
+    if args.job:
+        job = CellJob.read(args.job)
+    else:
+        if not (args.experiment and args.cell):
+            return _fail("give a JOB.json, or --experiment FILE --cell CELL_ID")
+        exp = load_experiment(args.experiment, args.set)
+        cells = {c.id: c for c in expand_cells(exp)}
+        if args.cell not in cells:
+            return _fail(f"no cell {args.cell!r} in {exp.name}; `orpo plan` lists them")
+        prepare_data(exp, paths.data_dir(exp.name))
+        job = make_job(exp, cells[args.cell])
+    if job.mlflow_run_id is None and not args.no_mlflow:
+        run_id = tracking.create_run(job.experiment, job.cell.id,
+                                     tags={"orpo.cell_id": job.cell.id, "orpo.stage": job.cell.stage})
+        job = job.model_copy(update={"mlflow_run_id": run_id,
+                                     "tracking_uri": tracking.default_tracking_uri()})
+    result = train_cell(job)
+    if job.mlflow_run_id and not args.job:
+        tracking.end_run(job.mlflow_run_id)
+    print(json.dumps({k: result[k] for k in ("cell_id", "status", "steps", "best_eval_loss",
+                                             "wall_seconds") if k in result}))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from flows.ablation import run_experiment
+
+    exp = load_experiment(args.experiment, args.set)
+    report = run_experiment(exp, experiment_file=str(Path(args.experiment).resolve()),
+                            overrides=args.set)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orpo.evaluation.collect import rerender_report
+
+    print(rerender_report(args.experiment))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from orpo.bench import run_benchmark
+
+    run_benchmark(Path(args.out), steps=args.steps, models=args.models)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orpo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
+                 "help": "override a field, e.g. --set orpo_lambdas=[0.2] (repeatable)"}
+
+    p = sub.add_parser("plan", help="validate an experiment and print its cells")
+    p.add_argument("experiment")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("train", help="train one cell (a job file, or an experiment's cell)")
+    p.add_argument("job", nargs="?", help="a job.json written by the planner")
+    p.add_argument("--experiment")
+    p.add_argument("--cell")
+    p.add_argument("--set", **overrides)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run a whole experiment as a Prefect flow")
+    p.add_argument("experiment")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="re-render an experiment's HTML report from its results")
+    p.add_argument("experiment", help="experiment name (or its YAML file)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="measure step time, tokens/s and memory per method")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--models", nargs="+", default=["opt-tiny", "opt-medium"])
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        print("orpo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

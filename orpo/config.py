@@ -1,0 +1,300 @@
+"""The experiment schema: one validated model per experiment file, and its expansion into cells.
+
+An experiment is a grid: methods x model sizes x orpo_lambda (ORPO) / dpo_beta (DPO) x seeds.
+`expand_cells` turns it into training cells with their dependencies (pretrain -> sft -> dpo,
+pretrain -> orpo, pretrain -> rm). Unknown keys are errors (`extra="forbid"`), and every error
+names its field, so a typo never silently falls back to a default.
+
+Defaults are the paper's (Hong et al. 2024, DESIGN.md section 2): SFT lr 1e-5 for 1 epoch, DPO
+beta 0.1 with lr 5e-6 for 3 epochs, ORPO max lr 8e-6 for 10 epochs, AdamW with linear warmup then
+cosine decay, best checkpoint by eval loss.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["sft", "dpo", "orpo"]
+Stage = Literal["pretrain", "sft", "dpo", "orpo", "rm"]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # Prefect deployment names and artifact keys accept these
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimConfig(Strict):
+    """Optimisation of one training stage (AdamW, linear warmup then cosine decay)."""
+
+    lr: float = Field(gt=0, description="peak learning rate")
+    epochs: float = Field(gt=0, description="passes over the training pairs")
+    batch_size: int = Field(8, ge=1, description="pairs per micro-batch per process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps warming up")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping threshold")
+    eval_every: int = Field(50, ge=1, description="optimizer steps between eval-loss passes")
+    checkpoint_every: int = Field(100, ge=1, description="optimizer steps between checkpoints")
+    max_steps: int | None = Field(None, ge=1, description="cap on optimizer steps (smoke runs)")
+
+
+class SyntheticDataConfig(Strict):
+    """Size of the generated preference suite (see orpo/data/synthetic.py)."""
+
+    n_train: int = Field(1024, ge=1)
+    n_eval: int = Field(128, ge=1)
+    n_test: int = Field(64, ge=1)
+    families: list[str] | None = None
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    source: Literal["synthetic", "hh-rlhf", "ultrafeedback"] = "synthetic"
+    path: str | None = Field(None, description="hub id or local json/jsonl/parquet (train pairs)")
+    test_path: str | None = Field(None, description="hub id or local file for test prompts")
+    train_split: str = "train"
+    test_split: str = "test"
+    limit: int | None = Field(None, ge=1, description="keep at most this many training pairs")
+    eval_size: int = Field(128, ge=1, description="pairs held out from train for eval loss")
+    test_size: int = Field(64, ge=1, description="test prompts used for generation")
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    max_length: int = Field(128, ge=8, description="prompt + response tokens")
+    max_prompt_length: int = Field(64, ge=4, description="prompts are cut from the left")
+    tokenizer_vocab_size: int = Field(512, ge=64, description="tokenizer trained for presets")
+
+    @model_validator(mode="after")
+    def _paths_match_source(self) -> DataConfig:
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+        return self
+
+
+class PretrainConfig(OptimConfig):
+    """Optional first stage giving tiny random presets a base model trained on domain text
+    (prompts with chosen AND rejected responses alike), so every method of a size starts from
+    the same base, as the paper's methods start from one pretrained OPT."""
+
+    enabled: bool = True
+
+
+class EvalConfig(Strict):
+    samples_per_prompt: int = Field(5, ge=1, description="K samples per prompt (rounds)")
+    temperature: float = Field(1.0, gt=0, description="the paper samples at 1.0")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    judge: str = Field(
+        "reward-model",
+        description="'oracle' (synthetic only), 'reward-model' (an rm cell), or a hub id/path",
+    )
+    rm_model: str = Field("opt-medium", description="size of the Bradley-Terry judge (rm cell)")
+    n_bootstrap: int = Field(1000, ge=100)
+    embedder: str = Field("all-MiniLM-L6-v2", description="sentence embedder for diversity")
+
+
+class ResourcesConfig(Strict):
+    procs_per_cell: int = Field(1, ge=1, description="DeepSpeed processes per training cell")
+    max_parallel_cells: int = Field(1, ge=1, description="cells training at the same time")
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 on GPUs, fp32 on CPU (bf16 is ~8x slower there)"
+    )
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node cells")
+    retries: int = Field(1, ge=0, description="retries of a failed cell (resumes from checkpoint)")
+    threads_per_proc: int | None = Field(None, ge=1, description="OMP threads per process")
+
+
+def _paper_optim(lr: float, epochs: float) -> OptimConfig:
+    return OptimConfig(lr=lr, epochs=epochs)
+
+
+class Experiment(Strict):
+    """One experiment file."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="also the Prefect deployment name")
+    description: str = ""
+    data: DataConfig = DataConfig()
+    models: list[str] = Field(min_length=1, description="presets (opt-tiny...) or hub ids/paths")
+    methods: list[Method] = Field(["sft", "dpo", "orpo"], min_length=1)
+    orpo_lambdas: list[float] = Field([0.1], min_length=1)
+    dpo_betas: list[float] = Field([0.1], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    nll_scope: Literal["response", "full"] = Field(
+        "response", description="tokens in ORPO/SFT NLL: response only, or prompt too (TRL)"
+    )
+    pretrain: PretrainConfig | None = None
+    sft: OptimConfig = _paper_optim(1e-5, 1)
+    dpo: OptimConfig = _paper_optim(5e-6, 3)
+    orpo: OptimConfig = _paper_optim(8e-6, 10)
+    rm: OptimConfig = _paper_optim(1e-5, 1)
+    eval: EvalConfig = EvalConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    trust_remote_code: bool = False
+
+    @field_validator("methods", "models", "seeds", "orpo_lambdas", "dpo_betas")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"duplicate entries in {values}")
+        return values
+
+    @field_validator("orpo_lambdas")
+    @classmethod
+    def _lambdas_non_negative(cls, values: list[float]) -> list[float]:
+        if any(v < 0 or not math.isfinite(v) for v in values):
+            raise ValueError("every orpo_lambda must be a finite number >= 0")
+        return values
+
+    @field_validator("dpo_betas")
+    @classmethod
+    def _betas_positive(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 or not math.isfinite(v) for v in values):
+            raise ValueError("every dpo_beta must be a finite number > 0")
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        if "dpo" in self.methods and "sft" not in self.methods:
+            raise ValueError("methods: 'dpo' starts from the SFT checkpoint, so 'sft' is required")
+        if self.eval.judge == "oracle" and self.data.source != "synthetic":
+            raise ValueError("eval.judge 'oracle' exists only for data.source 'synthetic'")
+        return self
+
+
+class Cell(Strict):
+    """One training job: a stage on one model with one lambda/beta and one seed."""
+
+    id: str
+    stage: Stage
+    model: str
+    seed: int
+    orpo_lambda: float | None = None
+    dpo_beta: float | None = None
+    depends_on: list[str] = []
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def cell_id(stage: Stage, model: str, seed: int, orpo_lambda=None, dpo_beta=None) -> str:
+    model_part = model.replace("/", "--").replace(".", "_")
+    knob = f"-l{_fmt(orpo_lambda)}" if orpo_lambda is not None else ""
+    knob += f"-b{_fmt(dpo_beta)}" if dpo_beta is not None else ""
+    return f"{stage}-{model_part}{knob}-s{seed}"
+
+
+def expand_cells(exp: Experiment) -> list[Cell]:
+    """Cells in dependency order (every cell after the cells it depends on)."""
+    cells: list[Cell] = []
+    pretrained = exp.pretrain is not None and exp.pretrain.enabled
+
+    def base(model: str, seed: int) -> list[str]:
+        return [cell_id("pretrain", model, seed)] if pretrained else []
+
+    judge_models = [exp.eval.rm_model] if exp.eval.judge == "reward-model" else []
+    if pretrained:
+        for model in dict.fromkeys([*exp.models, *judge_models]):
+            for seed in exp.seeds if model in exp.models else exp.seeds[:1]:
+                cells.append(Cell(id=cell_id("pretrain", model, seed), stage="pretrain",
+                                  model=model, seed=seed))
+    for model in judge_models:
+        seed = exp.seeds[0]  # the paper trains its judge once per data set
+        cells.append(Cell(id=cell_id("rm", model, seed), stage="rm", model=model, seed=seed,
+                          depends_on=base(model, seed)))
+    for model in exp.models:
+        for seed in exp.seeds:
+            if "sft" in exp.methods:
+                sft_id = cell_id("sft", model, seed)
+                cells.append(Cell(id=sft_id, stage="sft", model=model, seed=seed,
+                                  depends_on=base(model, seed)))
+            if "dpo" in exp.methods:
+                for beta in exp.dpo_betas:
+                    cells.append(Cell(id=cell_id("dpo", model, seed, dpo_beta=beta), stage="dpo",
+                                      model=model, seed=seed, dpo_beta=beta,
+                                      depends_on=[cell_id("sft", model, seed)]))
+            if "orpo" in exp.methods:
+                for lam in exp.orpo_lambdas:
+                    cells.append(Cell(id=cell_id("orpo", model, seed, orpo_lambda=lam),
+                                      stage="orpo", model=model, seed=seed, orpo_lambda=lam,
+                                      depends_on=base(model, seed)))
+    return cells
+
+
+def optim_for(exp: Experiment, stage: Stage) -> OptimConfig:
+    if stage == "pretrain":
+        assert exp.pretrain is not None
+        return OptimConfig(**exp.pretrain.model_dump(exclude={"enabled"}))
+    return getattr(exp, stage)
+
+
+class ConfigError(ValueError):
+    """An experiment file that cannot be used; the message names the file and the fields."""
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid experiment ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; unknown keys are errors)"
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+def set_override(raw: dict, dotted_key: str, value) -> dict:
+    """Apply `--set a.b=value` to the raw mapping (validated afterwards like the file)."""
+    node = raw
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted_key}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+    return raw
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, object]]:
+    out = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        out.append((key.strip(), yaml.safe_load(text)))  # YAML typing: 0.5 -> float, [..] -> list
+    return out
+
+
+def load_raw(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return raw if raw is not None else {}
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    raw = load_raw(path)
+    for key, value in parse_overrides(overrides or []):
+        set_override(raw, key, value)
+    return parse_experiment(raw, str(path))

@@ -1,0 +1,430 @@
+"""The math of the lab: per-sequence log-probs and the SFT, ORPO, DPO and Bradley-Terry losses.
+
+Pure functions of tensors (torch only; no logging, no I/O). Every loss takes per-sequence
+log-probs produced by the one helper, :func:`sequence_logprobs`, and returns per-example
+values, so the caller decides how to reduce and what to log. Names follow DESIGN.md section 1:
+``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta, nothing else.
+
+Shape letters: B = batch (pairs), T = sequence length, V = vocabulary.
+
+References:
+    ORPO: Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference
+    Model", 2024, arXiv 2403.07691 (Eqs. 3-10).
+    DPO: Rafailov et al., "Direct Preference Optimization", 2023, arXiv 2305.18290 (Eq. 7).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+"""Label value that never counts as a token (the Hugging Face / PyTorch convention)."""
+
+LOG1MEXP_MAX = -1e-6
+"""log1mexp clamps its input to at most this: log(1 - exp(0)) = -inf, and a mean log-prob of
+exactly 0 is reachable (a confident model in float32 rounds every token log-prob to 0)."""
+
+_LN2 = math.log(2.0)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LOG1MEXP_MAX",
+    "bradley_terry_loss",
+    "dpo_loss",
+    "dpo_rewards",
+    "log1mexp",
+    "odds_ratio_loss",
+    "orpo_loss",
+    "sequence_logprobs",
+    "sft_loss",
+    "token_nll",
+]
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """float32, or float64 if ``t`` already is: never bf16/fp16 (TRL #3237, axolotl #3910)."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t.to(_compute_dtype(t))
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    """Pairwise losses must not broadcast: (B,) against (B, 1) would silently give (B, B)."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"shape mismatch: {listed}; all must have the same shape (B,)")
+
+
+def _shifted_token_logps(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-prob of each next token and whether it counts, both (B, T-1).
+
+    Position t of ``logits`` predicts ``labels[:, t + 1]``; a token counts when ``mask`` is set
+    there and its label is not IGNORE_INDEX. Tokens that do not count get log-prob 0.
+    """
+    if logits.dim() != 3:
+        raise ValueError(
+            f"logits must have shape (B, T, V), got {tuple(logits.shape)} "
+            f"(labels {tuple(labels.shape)}, mask {tuple(mask.shape)})"
+        )
+    bt = tuple(logits.shape[:2])
+    if tuple(labels.shape) != bt or tuple(mask.shape) != bt:
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)} is (B, T, V), so labels "
+            f"{tuple(labels.shape)} and mask {tuple(mask.shape)} must both be (B, T) = {bt}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer token ids, got dtype {labels.dtype}")
+
+    next_labels = labels[:, 1:]  # (B, T-1)
+    counts = mask[:, 1:].bool() & (next_labels != IGNORE_INDEX)  # (B, T-1)
+    # gather needs a valid index everywhere; positions that do not count read token 0 and are
+    # zeroed below, so whatever sits in labels there (-100, padding) cannot change the result.
+    safe_labels = next_labels.masked_fill(~counts, 0).long()  # (B, T-1)
+    # log_softmax in float32 (or wider): in bf16 the normaliser loses ~3 significant digits.
+    logps = logits[:, :-1].to(_compute_dtype(logits)).log_softmax(dim=-1)  # (B, T-1, V)
+    token_logps = logps.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    # where, not multiply: a -inf log-prob at an ignored position times 0 would be NaN.
+    token_logps = torch.where(counts, token_logps, 0.0)  # (B, T-1)
+    return token_logps, counts
+
+
+def sequence_logprobs(
+    logits: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    reduction: Literal["sum", "mean"],
+) -> Tensor:
+    r"""Per-sequence log-prob of the tokens selected by ``mask`` (the response), shape (B,).
+
+    ORPO paper Eq. 3 (``reduction="mean"``, length-normalised over the m counted tokens):
+
+    .. math:: \log P_\theta(y|x) = \frac{1}{m} \sum_{t=1}^{m} \log P_\theta(y_t | x, y_{<t})
+
+    ``reduction="sum"`` drops the 1/m: the summed log-prob that DPO uses.
+
+    The shift is done here: ``logits[:, t]`` predicts ``labels[:, t + 1]``, and that token
+    counts when ``mask[:, t + 1]`` is set and the label is not -100. The log-softmax is
+    computed in float32 (float64 for float64 logits) whatever the input dtype.
+
+    Args:
+        logits: (B, T, V) model outputs, any float dtype.
+        labels: (B, T) token ids; -100 marks positions that never count.
+        mask: (B, T) bool or 0/1; set on the tokens that count (response tokens), unset on
+            prompt and padding.
+        reduction: "sum" (DPO) or "mean" (ORPO).
+
+    Returns:
+        (B,) float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: on shapes that do not match (the message names them), an unknown
+            reduction, or ``reduction="mean"`` for a row with no counted token.
+
+    Example: one row of T = 3, V = 2; the prompt is token 0, the response tokens 1 and 2.
+    ``logits[0, 0] = [ln 3, 0]`` gives P = (3/4, 1/4) for label 0; ``logits[0, 1] = [0, 0]``
+    gives P = 1/2 for label 1; ``logits[0, 2]`` predicts nothing. Sum = ln(3/4) + ln(1/2) =
+    ln(3/8) = -0.9808; mean = -0.9808 / 2 = -0.4904.
+
+    >>> logits = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0], [5.0, -5.0]]])  # (1, 3, 2)
+    >>> labels = torch.tensor([[1, 0, 1]])  # (1, 3); labels[0, 0] is the prompt
+    >>> mask = torch.tensor([[0, 1, 1]])  # (1, 3)
+    >>> round(sequence_logprobs(logits, labels, mask, "sum").item(), 4)
+    -0.9808
+    >>> round(sequence_logprobs(logits, labels, mask, "mean").item(), 4)
+    -0.4904
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    token_logps, counts = _shifted_token_logps(logits, labels, mask)  # (B, T-1) each
+    summed = token_logps.sum(dim=-1)  # (B,)
+    if reduction == "sum":
+        return summed
+    n_tokens = counts.sum(dim=-1)  # (B,)
+    if bool((n_tokens == 0).any()):
+        empty = torch.nonzero(n_tokens == 0).flatten().tolist()
+        raise ValueError(
+            f"reduction='mean' over zero tokens: rows {empty} have no masked token after the "
+            "shift (empty or fully truncated response)"
+        )
+    return summed / n_tokens  # (B,)
+
+
+def token_nll(logits: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Summed token negative log-likelihood and the number of tokens it sums over.
+
+    .. math:: \mathrm{NLL} = -\sum_{b} \sum_{t} \log P_\theta(y_{b,t} | x_b, y_{b,<t}),
+       \qquad n = \#\{(b, t) \text{ counted}\}
+
+    Same shift and masking as :func:`sequence_logprobs`. Returning the sum and the count
+    separately is what makes gradient accumulation right (TRL #2628/#3716): over an
+    accumulation window the loss is (sum of the micro-batches' NLL) / (sum of their counts),
+    not the mean of per-micro-batch means, which over-weights short micro-batches.
+
+    Args:
+        logits: (B, T, V); labels: (B, T), -100 ignored; mask: (B, T) bool or 0/1.
+
+    Returns:
+        ``(nll, n_tokens)``: a float32 (float64 for float64 logits) scalar and an int64 scalar.
+
+    Example: uniform logits over V = 4 give every token NLL ln 4 = 1.3863; two rows with 2
+    and 1 counted tokens give NLL = 3 ln 4 = 4.1589 over n = 3 tokens.
+
+    >>> logits = torch.zeros(2, 3, 4)  # (B, T, V)
+    >>> labels = torch.tensor([[0, 1, 2], [0, 1, -100]])  # (B, T)
+    >>> mask = torch.tensor([[0, 1, 1], [0, 1, 0]])  # (B, T): token 0 is the prompt
+    >>> nll, n = token_nll(logits, labels, mask)
+    >>> round(nll.item(), 4), n.item()
+    (4.1589, 3)
+    """
+    token_logps, counts = _shifted_token_logps(logits, labels, mask)  # (B, T-1) each
+    return -token_logps.sum(), counts.sum()
+
+
+def sft_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    r"""L_SFT: token-level mean NLL over the counted tokens (ORPO paper Eq. 6's first term).
+
+    .. math:: \mathcal{L}_{SFT} = -\frac{1}{n} \sum_{b, t} \log P_\theta(y_{b,t} | x_b, y_{b,<t})
+
+    Which tokens count (response only, or prompt too: ``nll_scope``) is the caller's ``mask``.
+
+    Args:
+        logits: (B, T, V); labels: (B, T), -100 ignored; mask: (B, T) bool or 0/1.
+
+    Returns:
+        Scalar float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: if no token counts (the mean would be 0/0).
+
+    Example: uniform logits over V = 4: every token has NLL ln 4, so L_SFT = 1.3863.
+
+    >>> round(sft_loss(torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]]), torch.ones(1, 3)).item(), 4)
+    1.3863
+    """
+    nll, n_tokens = token_nll(logits, labels, mask)
+    if int(n_tokens) == 0:
+        raise ValueError("sft_loss over zero tokens: the mask selects nothing after the shift")
+    return nll / n_tokens
+
+
+def log1mexp(a: Tensor) -> Tensor:
+    r"""log(1 - exp(a)) for a <= 0, stable everywhere, with finite value and gradient at a = 0.
+
+    .. math:: \mathrm{log1mexp}(a) = \begin{cases} \log(-\mathrm{expm1}(a)) & a > -\ln 2 \\
+       \mathrm{log1p}(-\exp(a)) & a \le -\ln 2 \end{cases}
+
+    (Maechler, "Accurately computing log(1 - exp(-|a|))", 2012.) Near 0, ``1 - exp(a)``
+    cancels catastrophically and ``expm1`` does not; far below, ``exp(a)`` is tiny and
+    ``log1p`` keeps it. ``a`` is first clamped to at most LOG1MEXP_MAX = -1e-6, so a = 0 gives
+    log(1e-6) = -13.8155 instead of -inf (and zero gradient there rather than NaN). Computed in
+    float32, or float64 for float64 input; bf16/fp16 are upcast (in bf16, exp(a) rounds to 1 for
+    any a > -2**-9 and the naive formula returns -inf).
+
+    Args:
+        a: any shape, values <= 0 (log-probs); larger values are clamped.
+
+    Returns:
+        Same shape as ``a``, float32 or float64.
+
+    Example: log1mexp(ln 0.5) = ln(1 - 0.5) = -0.6931; log1mexp(ln 0.25) = ln 0.75 = -0.2877.
+
+    >>> [round(v, 4) for v in log1mexp(torch.tensor([math.log(0.5), math.log(0.25)])).tolist()]
+    [-0.6931, -0.2877]
+    """
+    a = _upcast(a).clamp(max=LOG1MEXP_MAX)
+    near_zero = a > -_LN2
+    # Each branch only ever sees inputs where it is finite: torch.where's backward multiplies the
+    # discarded branch's gradient by 0, and 0 * inf = NaN, so masking the output is not enough.
+    a_near = torch.where(near_zero, a, -_LN2)
+    a_far = torch.where(near_zero, -1.0, a)
+    return torch.where(near_zero, torch.log(-torch.expm1(a_near)), torch.log1p(-torch.exp(a_far)))
+
+
+def odds_ratio_loss(chosen_logps: Tensor, rejected_logps: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Per-example odds-ratio loss L_OR and the log odds ratio (ORPO paper Eqs. 4, 5, 7).
+
+    .. math::
+        \mathrm{odds}_\theta(y|x) = \frac{P_\theta(y|x)}{1 - P_\theta(y|x)} \quad (4)
+
+        \log \mathrm{OR}_\theta = \log \frac{\mathrm{odds}_\theta(y_w|x)}
+            {\mathrm{odds}_\theta(y_l|x)}
+          = (\log P_w - \log P_l) - (\mathrm{log1mexp}(\log P_w) - \mathrm{log1mexp}(\log P_l))
+          \quad (5)
+
+        \mathcal{L}_{OR} = -\log \sigma(\log \mathrm{OR}_\theta) \quad (7)
+
+    P is the length-normalised sequence probability of Eq. 3: pass MEAN log-probs
+    (``sequence_logprobs(..., reduction="mean")``). Computed in float32 (float64 for float64
+    input) whatever the input dtype; values and gradients are finite at log P = 0 exactly
+    (see :func:`log1mexp`) and at log P = -50.
+
+    Args:
+        chosen_logps: (B,) mean log-probs of the chosen responses y_w, <= 0.
+        rejected_logps: (B,) mean log-probs of the rejected responses y_l, <= 0.
+
+    Returns:
+        ``(loss, log_odds)``: per-example L_OR and log odds ratio, both (B,). The log odds ratio
+        is the quantity itself, not its log-sigmoid (which is -loss).
+
+    Example: P_w = 1/2, P_l = 1/4: odds_w = 1, odds_l = (1/4)/(3/4) = 1/3, so log OR = ln 3 =
+    1.0986 and L_OR = -log(3/4) = ln(4/3) = 0.2877.
+
+    >>> chosen, rejected = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])  # (B,)
+    >>> loss, log_odds = odds_ratio_loss(chosen, rejected)
+    >>> round(log_odds.item(), 4), round(loss.item(), 4)
+    (1.0986, 0.2877)
+    """
+    _check_same_shape(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
+    chosen = _upcast(chosen_logps)  # (B,)
+    rejected = _upcast(rejected_logps)  # (B,)
+    log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))  # (B,)
+    return -F.logsigmoid(log_odds), log_odds
+
+
+def orpo_loss(
+    nll: Tensor,
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    orpo_lambda: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The ORPO objective: SFT loss plus lambda times the mean odds-ratio loss (Eqs. 6-7).
+
+    .. math:: \mathcal{L}_{ORPO} = \mathbb{E}_{(x, y_w, y_l)}
+        [\mathcal{L}_{SFT} + \lambda \cdot \mathcal{L}_{OR}]
+
+    With orpo_lambda = 0 the result is exactly ``nll``.
+
+    Args:
+        nll: scalar L_SFT on the chosen responses (:func:`sft_loss`, or a window-normalised
+            :func:`token_nll`).
+        chosen_logps: (B,) mean log-probs of the chosen responses.
+        rejected_logps: (B,) mean log-probs of the rejected responses.
+        orpo_lambda: lambda, the weight of L_OR (paper: 0.1 to 1.0).
+
+    Returns:
+        ``(loss, or_loss, log_odds)``: scalar loss, per-example L_OR (B,), log odds ratio (B,).
+
+    Example: L_SFT = 2, one pair with L_OR = ln(4/3) (see :func:`odds_ratio_loss`) and one
+    with P_w = P_l (log OR = 0, L_OR = ln 2): mean L_OR = (0.2877 + 0.6931) / 2 = 0.4904, and
+    with lambda = 0.1 the loss is 2 + 0.04904 = 2.0490.
+
+    >>> chosen = torch.tensor([math.log(0.5), -1.0])
+    >>> rejected = torch.tensor([math.log(0.25), -1.0])
+    >>> loss, or_loss, log_odds = orpo_loss(torch.tensor(2.0), chosen, rejected, orpo_lambda=0.1)
+    >>> round(loss.item(), 4), [round(v, 4) for v in or_loss.tolist()]
+    (2.049, [0.2877, 0.6931])
+    """
+    or_loss, log_odds = odds_ratio_loss(chosen_logps, rejected_logps)  # (B,) each
+    loss = nll + orpo_lambda * or_loss.mean()
+    return loss, or_loss, log_odds
+
+
+def _dpo_logits(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Log-ratios policy/reference for chosen and rejected, (B,) each, float32 or wider."""
+    _check_same_shape(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        ref_chosen=ref_chosen,
+        ref_rejected=ref_rejected,
+    )
+    # The reference is frozen by definition: detach so a caller that forgot no_grad cannot
+    # train it through the loss.
+    chosen = _upcast(policy_chosen) - _upcast(ref_chosen).detach()  # (B,)
+    rejected = _upcast(policy_rejected) - _upcast(ref_rejected).detach()  # (B,)
+    return chosen, rejected
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+) -> Tensor:
+    r"""Per-example sigmoid DPO loss (DPO paper Eq. 7).
+
+    .. math:: \mathcal{L}_{DPO} = -\log \sigma\Big(\beta \big[
+        (\log \pi_\theta(y_w|x) - \log \pi_{ref}(y_w|x))
+        - (\log \pi_\theta(y_l|x) - \log \pi_{ref}(y_l|x)) \big]\Big)
+
+    Inputs are SUMMED response log-probs (``sequence_logprobs(..., reduction="sum")``); the
+    reference log-probs are detached. With policy == reference every example gives ln 2.
+
+    Args:
+        policy_chosen, policy_rejected: (B,) policy log-probs of y_w and y_l.
+        ref_chosen, ref_rejected: (B,) reference (SFT checkpoint) log-probs of y_w and y_l.
+        beta: DPO's beta (paper: 0.1).
+
+    Returns:
+        (B,) float32 (float64 for float64 input).
+
+    Example: pi_w = -10, ref_w = -12 (log-ratio +2); pi_l = -20, ref_l = -18 (log-ratio -2);
+    beta = 0.1: beta * (2 - (-2)) = 0.4, loss = log(1 + e^-0.4) = log(1.6703) = 0.5130.
+
+    >>> t = torch.tensor
+    >>> round(dpo_loss(t([-10.0]), t([-20.0]), t([-12.0]), t([-18.0]), beta=0.1).item(), 4)
+    0.513
+    """
+    chosen, rejected = _dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return -F.logsigmoid(beta * (chosen - rejected))  # (B,)
+
+
+def dpo_rewards(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    r"""DPO's implicit rewards r = beta * (log pi_theta(y|x) - log pi_ref(y|x)), detached.
+
+    For metrics only: reward margin = mean(r_w - r_l), reward accuracy = mean(r_w > r_l).
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: (B,) SUMMED log-probs.
+        beta: DPO's beta.
+
+    Returns:
+        ``(chosen_rewards, rejected_rewards)``, (B,) each, without gradient.
+
+    Example: the :func:`dpo_loss` example gives r_w = 0.1 * 2 = 0.2 and r_l = 0.1 * -2 = -0.2.
+
+    >>> t = torch.tensor
+    >>> r_w, r_l = dpo_rewards(t([-10.0]), t([-20.0]), t([-12.0]), t([-18.0]), beta=0.1)
+    >>> round(r_w.item(), 4), round(r_l.item(), 4)
+    (0.2, -0.2)
+    """
+    chosen, rejected = _dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    return (beta * chosen).detach(), (beta * rejected).detach()
+
+
+def bradley_terry_loss(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor:
+    r"""Per-example Bradley-Terry reward-model loss (the paper's judge, Sec. 6.1).
+
+    .. math:: \mathcal{L}_{BT} = -\log \sigma(r(x, y_w) - r(x, y_l))
+
+    Args:
+        reward_chosen: (B,) scalar-head rewards of the chosen responses.
+        reward_rejected: (B,) rewards of the rejected responses.
+
+    Returns:
+        (B,) float32 (float64 for float64 input).
+
+    Example: r_w = 2, r_l = 0: log(1 + e^-2) = log(1.1353) = 0.1269; equal rewards give ln 2.
+
+    >>> loss = bradley_terry_loss(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]))
+    >>> [round(v, 4) for v in loss.tolist()]
+    [0.1269, 0.6931]
+    """
+    _check_same_shape(reward_chosen=reward_chosen, reward_rejected=reward_rejected)
+    return -F.logsigmoid(_upcast(reward_chosen) - _upcast(reward_rejected))  # (B,)

@@ -1,0 +1,255 @@
+"""Models and tokenizers: tiny OPT presets for CPU runs, the paper's OPT models by hub id.
+
+Two ways to name a model, one function to build it:
+
+- a preset (`PRESETS`, e.g. "opt-tiny"): an OPT architecture (the paper's family) with random
+  weights, built from a config under a fixed seed, its vocabulary taken from a tokenizer trained
+  locally with `train_tokenizer`. This is the runnable default on machines without a model hub.
+- anything else: a hub id (`PAPER_MODELS` aliases such as "opt-125m" resolve to
+  "facebook/opt-125m") or a local directory, loaded with `from_pretrained` from safetensors,
+  `trust_remote_code` off unless the caller asks.
+
+Pitfall handled here: a tokenizer whose pad token is its EOS token (OPT, Llama, ...) would mask
+every EOS label when padding is masked, so the model never learns to stop. Both tokenizer
+functions guarantee a dedicated pad token; `build_model` grows the embeddings to fit it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    OPTConfig,
+    OPTForCausalLM,
+    OPTForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+ModelKind = Literal["causal-lm", "reward"]
+
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN]  # ids 0..3 in a trained tokenizer
+
+# Randomly initialised OPT shapes that train in seconds to minutes on 2 CPU cores (fp32).
+# Parameter counts measured with `count_parameters` for the causal LM, with a 512-token trained
+# vocabulary (`train_tokenizer` default; embeddings are tied to the LM head, so counted once):
+#   opt-tiny      249,344  (~0.25M)
+#   opt-small     891,904  (~0.89M)
+#   opt-medium  3,356,672  (~3.4M)   -> medium / tiny = 13.5x
+# The reward kind swaps the LM head for a 1-output score layer: + hidden_size parameters.
+_SHARED_PRESET_FIELDS = dict(
+    max_position_embeddings=256,
+    do_layer_norm_before=True,  # pre-LN, as in every OPT except 350m; stable at init
+    dropout=0.0,  # dropout only adds noise to tiny-model comparisons
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    layerdrop=0.0,
+    activation_function="relu",
+)
+PRESETS: dict[str, dict] = {
+    "opt-tiny": dict(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=2, ffn_dim=256,
+        **_SHARED_PRESET_FIELDS,
+    ),
+    "opt-small": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, ffn_dim=512,
+        **_SHARED_PRESET_FIELDS,
+    ),
+    "opt-medium": dict(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
+        **_SHARED_PRESET_FIELDS,
+    ),
+}  # fmt: skip
+
+# The paper's OPT sizes (Tables 2-3). Hub ids are also accepted as they are.
+PAPER_MODELS: dict[str, str] = {
+    "opt-125m": "facebook/opt-125m",
+    "opt-350m": "facebook/opt-350m",
+    "opt-1.3b": "facebook/opt-1.3b",
+}
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def resolve_model_name(name_or_path: str) -> str:
+    """Paper alias -> hub id; presets, other hub ids and local paths pass through unchanged."""
+    return PAPER_MODELS.get(name_or_path, name_or_path)
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on `texts` (deterministic for the same texts).
+
+    Byte-level means every string round-trips, unicode included, with no `<unk>` in practice.
+    Special tokens get ids 0..3: `<pad>`, `<s>` (bos), `</s>` (eos), `<unk>`; pad != eos.
+    No special tokens are added on encode: `orpo.data.tokenize` places BOS and EOS itself.
+    """
+    if vocab_size < len(SPECIAL_TOKENS) + 256:
+        raise ValueError(f"vocab_size {vocab_size} < 260 (4 special tokens + 256 bytes)")
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        min_frequency=2,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="right",
+        # The default clean-up rewrites " ." as "." on decode: text would not round-trip.
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load_tokenizer(
+    name_or_path: str, *, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, plus a dedicated `<pad>` when pad is missing or == eos.
+
+    Adding `<pad>` grows the vocabulary by one: build the model with `build_model`, which
+    resizes the embeddings to `len(tokenizer)`.
+    """
+    if is_preset(name_or_path):
+        raise ValueError(
+            f"{name_or_path!r} is a model preset and has no tokenizer: use train_tokenizer()"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_name(name_or_path), trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
+    """The OPTConfig of preset `name`, vocabulary and special-token ids from `tokenizer`."""
+    if not is_preset(name):
+        raise KeyError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    fields = PRESETS[name]
+    return OPTConfig(
+        vocab_size=len(tokenizer),
+        word_embed_proj_dim=fields["hidden_size"],  # no projection between embedding and body
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **fields,
+    )
+
+
+def build_model(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    kind: ModelKind = "causal-lm",
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    """A causal LM (policy) or a 1-output sequence classifier (Bradley-Terry reward model).
+
+    Presets are randomly initialised from `seed`; anything else loads from safetensors. A reward
+    model may start from a causal-LM checkpoint: the base weights load and the `score` head is
+    newly initialised (also from `seed`). The global torch RNG is left untouched.
+    """
+    if kind not in ("causal-lm", "reward"):
+        raise ValueError(f"kind must be 'causal-lm' or 'reward', got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if is_preset(name_or_path):
+            config = preset_config(name_or_path, tokenizer)
+            if kind == "reward":
+                config.num_labels = 1
+                model = OPTForSequenceClassification(config)
+            else:
+                model = OPTForCausalLM(config)
+        else:
+            auto_class = (
+                AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
+            )
+            extra = {"num_labels": 1} if kind == "reward" else {}
+            model = auto_class.from_pretrained(
+                resolve_model_name(name_or_path),
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                dtype=dtype,
+                **extra,
+            )
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    _set_special_token_ids(model, tokenizer)
+    return model.to(dtype)
+
+
+def _set_special_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make config, generation config and the embedding's padding_idx agree with the tokenizer.
+
+    The reward model needs `config.pad_token_id`: sequence classification scores the last token
+    that is not pad, so a wrong pad id would score the wrong position. `padding_idx` gets no
+    gradient: left on a checkpoint's old pad id (EOS in some), EOS would never be trained.
+    """
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+        if getattr(model, "generation_config", None) is not None:
+            setattr(model.generation_config, key, value)
+    embeddings = model.get_input_embeddings()
+    if isinstance(embeddings, torch.nn.Embedding) and tokenizer.pad_token_id is not None:
+        embeddings.padding_idx = tokenizer.pad_token_id
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+) -> Path:
+    """Write `model.safetensors`, the config and the tokenizer into `out_dir`; return it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_model(
+    path: str | Path,
+    *,
+    kind: ModelKind = "causal-lm",
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    """Reload a model written by `save_model` (safetensors only). Tokenizer: `load_tokenizer`."""
+    auto_class = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
+    return auto_class.from_pretrained(
+        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embedding and LM head counted once)."""
+    return sum(p.numel() for p in model.parameters())

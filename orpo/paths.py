@@ -1,0 +1,35 @@
+"""Where things live on disk. Everything is under one project home (ORPO_HOME, default: the
+repository when running from a checkout, else the current directory), so tests can point the
+whole system at a temporary folder with one environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_home() -> Path:
+    if env := os.environ.get("ORPO_HOME"):
+        return Path(env).resolve()
+    repo = Path(__file__).resolve().parents[1]
+    return repo if (repo / "pyproject.toml").is_file() else Path.cwd().resolve()
+
+
+def runs_dir(experiment: str) -> Path:
+    return project_home() / "runs" / experiment
+
+
+def data_dir(experiment: str) -> Path:
+    return runs_dir(experiment) / "data"
+
+
+def cell_dir(experiment: str, cell_id: str) -> Path:
+    return runs_dir(experiment) / "cells" / cell_id
+
+
+def results_dir(experiment: str) -> Path:
+    return runs_dir(experiment) / "results"
+
+
+def report_path(experiment: str) -> Path:
+    return project_home() / "reports" / experiment / "index.html"

@@ -1,0 +1,71 @@
+"""From a planned cell to a finished one, without Prefect: resolve the job (paths, inputs, the
+cache key), skip it when an identical job already finished, else launch it and read its result.
+The Prefect tasks and `orpo train` are thin wrappers over these functions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from orpo import paths
+from orpo.config import Cell, Experiment, cell_id, optim_for
+from orpo.training.job import CellJob, cell_key
+from orpo.training.launch import run_cell
+
+
+def init_checkpoint(exp: Experiment, cell: Cell) -> str | None:
+    """The model folder a cell starts from: DPO from its SFT cell, the others from the
+    pretrained base when there is one, else from the model itself (preset or hub)."""
+    if cell.stage == "dpo":
+        source = cell_id("sft", cell.model, cell.seed)
+    elif cell.stage != "pretrain" and exp.pretrain is not None and exp.pretrain.enabled:
+        source = cell_id("pretrain", cell.model, cell.seed)
+    else:
+        return None
+    return str(paths.cell_dir(exp.name, source) / "model")
+
+
+def make_job(exp: Experiment, cell: Cell, mlflow_run_id: str | None = None,
+             tracking_uri: str | None = None, fail_at_step: int | None = None) -> CellJob:
+    return CellJob(
+        experiment=exp.name, cell=cell, model=cell.model, init_from=init_checkpoint(exp, cell),
+        data_dir=str(paths.data_dir(exp.name)), out_dir=str(paths.cell_dir(exp.name, cell.id)),
+        optim=optim_for(exp, cell.stage), resources=exp.resources, nll_scope=exp.nll_scope,
+        max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
+        ref_cache_dir=str(paths.runs_dir(exp.name) / "ref_cache"), mlflow_run_id=mlflow_run_id,
+        tracking_uri=tracking_uri, trust_remote_code=exp.trust_remote_code,
+        fail_at_step=fail_at_step,
+    )
+
+
+def finished_result(job: CellJob) -> dict | None:
+    """The result of an earlier run of exactly this job (same key), if there is one."""
+    result_path = job.out / "result.json"
+    if not result_path.is_file() or not (job.out / "model").is_dir():
+        return None
+    result = json.loads(result_path.read_text())
+    return result if result.get("key") == cell_key(job) else None
+
+
+def train_cell(job: CellJob, on_line: Callable[[str], None] = print) -> dict:
+    """Run the job unless an identical one finished; returns its result.json content."""
+    if job.init_from and not Path(job.init_from).is_dir():
+        raise FileNotFoundError(f"cell {job.cell.id}: input checkpoint {job.init_from} is missing "
+                                "(train the cell it depends on first)")
+    key = cell_key(job)
+    if (done := finished_result(job)) is not None:
+        on_line(f"{job.cell.id}: cached (key {key}), not retrained")
+        return {**done, "status": "cached"}
+    key_file = job.out / "key"
+    if key_file.is_file() and key_file.read_text() != key:
+        # a changed config or input must not resume from checkpoints of the old one
+        shutil.rmtree(job.out / "checkpoints", ignore_errors=True)
+        (job.out / "metrics.jsonl").unlink(missing_ok=True)
+    (job.out / "result.json").unlink(missing_ok=True)
+    job.out.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    job.write()
+    run_cell(job, on_line)
+    return json.loads((job.out / "result.json").read_text())

@@ -1,0 +1,88 @@
+"""`orpo plan`: the cells an experiment expands to, with a rough cost estimate per cell.
+
+The estimate is an upper bound in tokens (every row padded to data.max_length) and counts
+forward passes the way DESIGN.md section 1 does: SFT and ORPO one pass per micro-batch (ORPO's
+holds chosen and rejected together), DPO one policy pass per micro-batch plus one reference pass
+over the data, computed once and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from orpo.config import Cell, Experiment, expand_cells, optim_for
+
+
+@dataclass(frozen=True)
+class CellCost:
+    steps: int | None  # None when the data size is unknown before loading (hub data, no limit)
+    forward_passes: int | None
+    max_tokens: int | None
+
+
+def n_train_pairs(exp: Experiment) -> int | None:
+    if exp.data.source == "synthetic":
+        return exp.data.synthetic.n_train
+    return exp.data.limit
+
+
+def estimate_cost(exp: Experiment, cell: Cell) -> CellCost:
+    pairs = n_train_pairs(exp)
+    if pairs is None:
+        return CellCost(None, None, None)
+    optim = optim_for(exp, cell.stage)
+    # pretraining reads chosen and rejected as two separate texts
+    examples = 2 * pairs if cell.stage == "pretrain" else pairs
+    per_step = optim.batch_size * optim.grad_accum * exp.resources.procs_per_cell
+    steps = math.ceil(examples * optim.epochs / per_step)
+    if optim.max_steps is not None:
+        steps = min(steps, optim.max_steps)
+    micro_batches = steps * optim.grad_accum * exp.resources.procs_per_cell
+    rows_per_micro = optim.batch_size * (1 if cell.stage in ("sft", "pretrain") else 2)
+    forward = micro_batches
+    rows = micro_batches * rows_per_micro
+    if cell.stage == "dpo":
+        ref_batches = math.ceil(pairs / optim.batch_size)
+        forward += ref_batches  # reference log-probs, once, cached on disk
+        rows += ref_batches * rows_per_micro
+    return CellCost(steps, forward, rows * exp.data.max_length)
+
+
+def _knob(cell: Cell) -> str:
+    if cell.orpo_lambda is not None:
+        return f"orpo_lambda={cell.orpo_lambda:g}"
+    if cell.dpo_beta is not None:
+        return f"dpo_beta={cell.dpo_beta:g}"
+    return "-"
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def plan_lines(exp: Experiment) -> list[str]:
+    cells = expand_cells(exp)
+    header = f"{'cell':<34} {'stage':<8} {'model':<20} {'knob':<18} {'seed':>4} "
+    header += f"{'steps':>6} {'fwd':>7} {'tokens<=':>9}  depends on"
+    lines = [header]
+    totals = [0, 0, 0]
+    for cell in cells:
+        cost = estimate_cost(exp, cell)
+        for i, v in enumerate((cost.steps, cost.forward_passes, cost.max_tokens)):
+            totals[i] = None if v is None or totals[i] is None else totals[i] + v
+        lines.append(
+            f"{cell.id:<34} {cell.stage:<8} {cell.model:<20} {_knob(cell):<18} {cell.seed:>4} "
+            f"{_human(cost.steps):>6} {_human(cost.forward_passes):>7} "
+            f"{_human(cost.max_tokens):>9}  {', '.join(cell.depends_on) or '-'}"
+        )
+    lines.append(
+        f"{len(cells)} cells; total {_human(totals[0])} optimizer steps, "
+        f"{_human(totals[1])} forward passes, <= {_human(totals[2])} tokens"
+    )
+    return lines

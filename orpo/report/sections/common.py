@@ -1,0 +1,114 @@
+"""Helpers several sections share: what is missing, which win-rate rows headline, the verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from orpo.report.labels import method_label
+from orpo.report.markup import Safe, note, pct
+from orpo.report.tables import POOLED_SEED, Results, table_file
+
+COMPARISON_KEY = ["model", "method_a", "orpo_lambda_a", "method_b", "judge"]
+
+
+def missing_note(results: Results, *names: str) -> Safe | None:
+    """A plain sentence naming the tables a section needs but the run did not produce."""
+    reasons = [results.missing[n] for n in names if n in results.missing]
+    if not reasons:
+        return None
+    return note("Not available for this run: ", "; ".join(reasons), ".")
+
+
+def failed_cells_note(results: Results, method: str) -> Safe | None:
+    """Say how many cells of a method failed, the usual reason its rows are absent."""
+    cells = results.cells
+    if cells.empty:
+        return None
+    of_method = cells[cells["method"] == method]
+    failed = of_method[of_method["status"] == "failed"]
+    if failed.empty:
+        return None
+    return note(
+        f"{len(failed)} of {len(of_method)} {method_label(method)} cells failed "
+        "(their errors are in the Cells section)."
+    )
+
+
+@dataclass(frozen=True)
+class HeadlineRows:
+    rows: pd.DataFrame  # one row per comparison key (pooled over seeds where available)
+    judge: str  # the judge the rows come from
+    caveats: tuple[str, ...]
+
+
+def headline_rows(results: Results) -> HeadlineRows:
+    """Win-rate rows the headline reports: the experiment's judge, pooled over seeds if possible.
+
+    With one seed there is no pooled row and the seed's row is the result. With several seeds
+    and no pooled row (a writer that skipped pooling), we show the lowest seed and say so rather
+    than averaging CIs, which would not be a CI.
+    """
+    win_rates = results.win_rates
+    judge = results.meta.judge
+    caveats = []
+    if win_rates.empty:
+        return HeadlineRows(win_rates, judge, ())
+    judges = list(win_rates["judge"].dropna().unique())
+    if judge not in judges:
+        judge = str(judges[0])
+        caveats.append(
+            f"No win rates by the experiment's judge {results.meta.judge!r}; showing {judge!r}."
+        )
+    of_judge = win_rates[win_rates["judge"] == judge]
+    chosen = []
+    for _, group in of_judge.groupby(COMPARISON_KEY, dropna=False, sort=False):
+        pooled = group[group["seed"] == POOLED_SEED]
+        if not pooled.empty:
+            chosen.append(pooled.iloc[[0]])
+            continue
+        lowest_seed = group.sort_values("seed").iloc[[0]]
+        if group["seed"].nunique() > 1:
+            caveats.append(
+                f"{lowest_seed['model'].iloc[0]}: no pooled row, showing seed "
+                f"{int(lowest_seed['seed'].iloc[0])} only."
+            )
+        chosen.append(lowest_seed)
+    rows = pd.concat(chosen, ignore_index=True)
+    return HeadlineRows(rows, judge, tuple(caveats))
+
+
+def variant_a_label(row) -> str:
+    return method_label(row["method_a"], row["orpo_lambda_a"])
+
+
+def verdict(row) -> tuple[str, str]:
+    """(short verdict, css class) from the 95% CI: only a CI clear of 50% names a winner."""
+    a, b = variant_a_label(row), method_label(row["method_b"])
+    low, high = row["ci_low"], row["ci_high"]
+    if pd.isna(low) or pd.isna(high):
+        return "no CI: no winner called", "tie"
+    if low > 0.5:
+        return f"{a} won", "win"
+    if high < 0.5:
+        return f"{a} lost to {b}", "loss"
+    return "no clear winner", "tie"
+
+
+def verdict_sentence(row) -> str:
+    a, b = variant_a_label(row), method_label(row["method_b"])
+    short, kind = verdict(row)
+    ci = f"95% CI {pct(row['ci_low'])}–{pct(row['ci_high'])}%"
+    figures = f"win rate {pct(row['win_rate'])}%, {ci}"
+    if kind == "win":
+        return f"{row['model']}: {a} won against {b} ({figures})."
+    if kind == "loss":
+        return f"{row['model']}: {a} lost to {b} ({figures})."
+    if short.startswith("no CI"):
+        return f"{row['model']}: {a} vs {b}: no CI reported, so no winner is called ({figures})."
+    return f"{row['model']}: {a} vs {b}: no clear winner, the CI includes 50% ({figures})."
+
+
+def table_name_list(names: list[str]) -> str:
+    return ", ".join(table_file(n) for n in names)

@@ -1,0 +1,43 @@
+"""Section 8: how far to trust the judge: agreement with held-out pairs and with the oracle."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from orpo.report.markup import Safe, guide, join, pct, table, tag
+from orpo.report.sections.common import missing_note
+from orpo.report.tables import Results
+
+SECTION_ID = "judges"
+TITLE = "8. Judge quality"
+
+
+def render(results: Results) -> Safe:
+    missing = missing_note(results, "judges")
+    if missing:
+        return missing
+    rows = []
+    for _, judge in results.judges.sort_values("judge").iterrows():
+        name = judge["judge"]
+        label = (
+            join([name, " ", tag("span", "(headline judge)", class_="tag")])
+            if name == results.meta.judge
+            else name
+        )
+        oracle = (
+            "n/a (no oracle)"
+            if pd.isna(judge["agreement_oracle"])
+            else pct(judge["agreement_oracle"])
+        )
+        n_pairs = "—" if pd.isna(judge["n_pairs"]) else str(int(judge["n_pairs"]))
+        rows.append([label, pct(judge["agreement_heldout"]), oracle, n_pairs])
+    return join(
+        [
+            table(["Judge", "Agrees with held-out pairs %", "Agrees with oracle %", "Pairs"], rows),
+            guide(
+                "share of held-out preference pairs where the judge scores the chosen response "
+                "above the rejected one (50% = chance), and, on synthetic data, where it agrees "
+                "with the programmatic oracle. Win rates are only as good as their judge."
+            ),
+        ]
+    )

@@ -1,0 +1,29 @@
+"""Section 4: chosen and rejected log-probs over training for every method (paper Fig. 3)."""
+
+from __future__ import annotations
+
+from orpo.report import plots
+from orpo.report.labels import policy_variants
+from orpo.report.markup import Safe, figure, note
+from orpo.report.sections.common import missing_note
+from orpo.report.tables import Results
+
+SECTION_ID = "training-dynamics"
+TITLE = "4. Training dynamics"
+
+
+def render(results: Results) -> Safe:
+    missing = missing_note(results, "curves")
+    if missing:
+        return missing
+    curves = results.curves
+    uri = plots.training_dynamics(curves, results.meta.models, policy_variants(curves))
+    if uri is None:
+        return note("No train/logp_chosen or train/logp_rejected curves were logged.")
+    return figure(
+        uri,
+        "Chosen and rejected log-probs over training per method",
+        "a row per model size, a column per method; blue is the chosen response's mean "
+        "log-prob per token, red the rejected one's, averaged over seeds. The paper's finding: "
+        "under SFT the rejected log-prob rises with the chosen one, ORPO keeps it down.",
+    )

@@ -1,0 +1,153 @@
+"""MLflow at the edge: the metrics sink the training loop writes to, and the run plumbing.
+
+The loop never imports mlflow: it calls `sink.log_metrics(step, {...})`. Rank 0 gets an
+`MlflowSink` bound to a run id handed in (MLflow's active run is thread-local, so ids are passed
+explicitly); other ranks get `NullSink`. Metrics are buffered and sent with one `log_batch` per
+flush (1000 single `log_metric` calls cost ~7 s on SQLite, one batch ~0.25 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from orpo.paths import project_home
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_home() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    return (project_home() / "mlartifacts").as_uri()
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists become JSON. One name per quantity: keys are the
+    config's own field names (orpo_lambda, dpo_beta), never renamed on the way to MLflow."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:MAX_PARAM_CHARS]
+    return out
+
+
+class NullSink:
+    """Sink for ranks other than 0 and for runs without tracking."""
+
+    def log_params(self, params: Mapping) -> None: ...
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def flush(self) -> None: ...
+    def on_resume(self, step: int) -> None: ...
+
+
+class JsonlSink(NullSink):
+    """Per-step metrics in the cell folder (one JSON object per line), independent of MLflow.
+    On resume, lines after the checkpoint's step are dropped so the file holds one curve."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def on_resume(self, step: int) -> None:
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+
+class TeeSink:
+    """Fan every call out to several sinks."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            for sink in self.sinks:
+                getattr(sink, name)(*args, **kwargs)
+        return call
+
+
+class MlflowSink(NullSink):
+    def __init__(self, run_id: str, tracking_uri: str | None = None, flush_every: int = 20):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri or default_tracking_uri())
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._buffer: list = []
+
+    def log_params(self, params: Mapping) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # log_batch accepts at most 100 params per call
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if len(self._buffer) >= self.flush_every * 10:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self._buffer), 1000):  # log_batch's metric limit per call
+            self.client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
+        self._buffer = []
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+
+def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
+    """Create the MLflow experiment once, before any fan-out (concurrent first-time creation and
+    SQLite migrations race)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_root() + f"/{name}")
+
+
+def create_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
+               parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(ensure_experiment(experiment, tracking_uri), run_name=run_name,
+                            tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri or default_tracking_uri()).set_terminated(run_id, status)

@@ -1,0 +1,235 @@
+"""DeepSpeed, confined to this module.
+
+`DeepSpeedEngine` wraps `deepspeed.initialize` (ZeRO stage from our validated config, 3 by
+default) behind the small interface the training loop needs; `TorchEngine` is the same interface
+over a plain single-process AdamW loop (the benchmark's floor, and a reference in tests).
+DeepSpeed keys are generated here from validated fields only: DeepSpeed silently accepts misspelt
+keys, so users never hand us raw DeepSpeed JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from orpo.config import OptimConfig, ResourcesConfig
+
+
+def pick_device(resources: ResourcesConfig) -> str:
+    if resources.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return resources.device
+
+
+def pick_precision(resources: ResourcesConfig, device: str) -> str:
+    if resources.precision == "auto":  # bf16 is ~8x slower than fp32 on these CPUs
+        return "bf16" if device == "cuda" else "fp32"
+    return resources.precision
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 (the paper's schedule)."""
+    warmup = int(round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def deepspeed_config(optim: OptimConfig, resources: ResourcesConfig, world_size: int,
+                     precision: str) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": optim.batch_size,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "train_batch_size": optim.batch_size * optim.grad_accum * world_size,
+        "gradient_clipping": optim.max_grad_norm,
+        "zero_optimization": {
+            "stage": resources.zero_stage,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "bf16": {"enabled": precision == "bf16"},
+        # torch's AdamW: avoids compiling DeepSpeed's CPU Adam (~75 s on a fresh machine)
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_distributed(device: str) -> None:
+    """Join the process group the launcher set up (torchrun/deepspeed export RANK etc.).
+    A bare `python` process gets single-rank defaults so DeepSpeed skips MPI discovery."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        from orpo.training.launch import free_port
+
+        os.environ["MASTER_PORT"] = str(free_port())
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+
+
+class DeepSpeedEngine:
+    """The loop's view of a DeepSpeed engine: forward, backward, step, checkpoints, export."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, resources: ResourcesConfig,
+                 total_steps: int):
+        import deepspeed
+
+        self.device_type = pick_device(resources)
+        self.precision = pick_precision(resources, self.device_type)
+        init_distributed(self.device_type)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.config = deepspeed_config(optim, resources, self.world_size, self.precision)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr,
+                                      weight_decay=optim.weight_decay)
+        schedule = warmup_cosine(total_steps, optim.warmup_ratio)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        )
+        self.device = self.engine.device
+        self.zero_stage = resources.zero_stage
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def forward(self, **batch):
+        return self.engine(**batch)
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loop already divides by the window's token/example totals across all ranks, so
+        # DeepSpeed must not divide by gradient_accumulation_steps again; its data-parallel
+        # averaging divides by world size, which the factor here undoes.
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        self.engine.step()  # a no-op for the optimizer except at accumulation boundaries
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, ckpt_dir: Path, tag: str, client_state: dict, latest: bool = True) -> None:
+        # "best" is saved with latest=False so that a resume continues from the newest step
+        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state,
+                                    save_latest=latest)
+
+    def load(self, ckpt_dir: Path, tag: str | None = None) -> dict | None:
+        path, client_state = self.engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        return client_state if path is not None else None
+
+    def export(self, ckpt_dir: Path, tag: str, build_model: Callable[[], torch.nn.Module],
+               save: Callable[[torch.nn.Module], None]) -> None:
+        """Consolidate checkpoint `tag` into a plain model on rank 0 and hand it to `save`."""
+        self.barrier()
+        if self.rank == 0:
+            if self.zero_stage > 0:
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+                state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+            else:
+                self.engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=False)
+                state = {k: v.detach().cpu().float() for k, v in self.module.state_dict().items()}
+            model = build_model()
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            tied = set(getattr(model, "_tied_weights_keys", None) or [])
+            if unexpected or any(k not in tied and not k.startswith("lm_head") for k in missing):
+                raise RuntimeError(f"export of {tag}: missing {missing}, unexpected {unexpected}")
+            model.tie_weights()
+            save(model)
+        self.barrier()
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        values = values.to(self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values.cpu()
+
+    def all_gather_object(self, obj) -> list:
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+class TorchEngine:
+    """Plain single-process AdamW with the same schedule and clipping: the benchmark floor."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, resources: ResourcesConfig,
+                 total_steps: int):
+        self.device_type = pick_device(resources)
+        self.device = torch.device(self.device_type)
+        self.rank, self.world_size, self.zero_stage = 0, 1, None
+        self.model = model.to(self.device)
+        self.optim_cfg = optim
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr,
+                                           weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total_steps, optim.warmup_ratio))
+        self._micro = 0
+        self._norm = float("nan")
+        self.config = {"engine": "torch", "zero_stage": None}
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self._micro += 1
+        if self._micro % self.optim_cfg.grad_accum:
+            return
+        self._norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                          self.optim_cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def grad_norm(self) -> float:
+        return self._norm
+
+    def save(self, ckpt_dir: Path, tag: str, client_state: dict, latest: bool = True) -> None:
+        raise NotImplementedError("TorchEngine is the benchmark floor; it does not checkpoint")
+
+    def load(self, ckpt_dir: Path, tag: str | None = None) -> dict | None:
+        return None
+
+    def barrier(self) -> None: ...
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def all_gather_object(self, obj) -> list:
+        return [obj]

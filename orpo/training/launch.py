@@ -1,0 +1,104 @@
+"""Start a training cell as real multi-process job: `torchrun` on one host, the `deepspeed`
+launcher with a hostfile across hosts. Output lines go to a callback (the Prefect logger, or
+stdout); the processes live in their own process group so a cancel stops all of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from orpo.training.job import CellJob
+
+
+class CellFailed(RuntimeError):
+    """A training cell exited non-zero; the message carries the tail of its output."""
+
+
+def free_port() -> int:
+    """A free TCP port on loopback: two runs on one host must not share DeepSpeed's default
+    master port 29500."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(job_path: Path, procs: int, hostfile: str | None, port: int) -> list[str]:
+    worker = ["-m", "orpo.training.worker", str(job_path)]
+    if hostfile:
+        # The deepspeed launcher ssh-es into every host of the hostfile; it forwards only
+        # MLFLOW*/PYTHON*/NCCL* variables (and those in ~/.deepspeed_env) to other nodes.
+        return ["deepspeed", "--hostfile", hostfile, "--num_gpus", str(procs),
+                "--master_port", str(port), "--module", "orpo.training.worker", str(job_path)]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+            "--master_addr", "127.0.0.1", "--master_port", str(port), *worker]
+
+
+def launch_env(job: CellJob) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if job.resources.device == "cpu" or not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed then uses gloo
+    threads = job.resources.threads_per_proc
+    if threads is None:  # share the cores instead of oversubscribing them
+        busy = job.resources.procs_per_cell * job.resources.max_parallel_cells
+        threads = max(1, (os.cpu_count() or 1) // busy)
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_cell(job: CellJob, on_line: Callable[[str], None] = print,
+             job_path: Path | None = None) -> None:
+    """Run the job's processes to completion; raise CellFailed on a non-zero exit."""
+    job_path = job_path or job.write()
+    cmd = launch_command(job_path, job.resources.procs_per_cell, job.resources.hostfile,
+                         free_port())
+    on_line(f"launch: {' '.join(cmd)}")
+    tail: deque[str] = deque(maxlen=30)
+    log_path = Path(job.out_dir) / "train.log"
+    with log_path.open("a") as log_file, subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env=launch_env(job), start_new_session=True,
+    ) as proc:
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                log_file.write(line + "\n")
+                tail.append(line)
+                if _worth_forwarding(line):
+                    on_line(line)
+            code = proc.wait()
+        except BaseException:  # cancel / Ctrl-C: stop every rank, not just the launcher
+            _kill_group(proc)
+            raise
+    if code != 0:
+        reason = next((t for t in reversed(tail) if "FAILED" in t or "Error" in t), None)
+        raise CellFailed(f"cell {job.cell.id} exited with code {code}"
+                         + (f": {reason.strip()}" if reason else "")
+                         + f"\n--- last lines ({log_path}) ---\n" + "\n".join(tail))
+
+
+def _worth_forwarding(line: str) -> bool:
+    """DeepSpeed and transformers are chatty; forward our lines, warnings and errors."""
+    noisy = ("[INFO]", "Loading weights", "Writing model", "real_accelerator.py")
+    return bool(line.strip()) and not any(n in line for n in noisy)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

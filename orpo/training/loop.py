@@ -1,0 +1,194 @@
+"""The training loop: a plain function over an engine (DeepSpeed or plain torch), an objective
+and a batch schedule. No Trainer subclass; side effects go through the injected `sink` (metrics)
+and `log` (progress lines)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orpo.training.batches import Schedule, StageData, shard_batches
+from orpo.training.objectives import (
+    OBJECTIVES,
+    Norms,
+    ObjectiveConfig,
+    n_examples,
+    nll_tokens,
+)
+
+PER_TOKEN_STATS = {"nll"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf: the cell stops, naming the step."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"non-finite loss {value} at optimizer step {step}; stopping the cell")
+        self.step = step
+
+
+@dataclass
+class LoopConfig:
+    total_steps: int
+    batch_size: int
+    grad_accum: int
+    eval_every: int
+    checkpoint_every: int
+    seed: int
+    ckpt_dir: Path | None  # None: no checkpoints (the benchmark)
+    eval_batch_size: int = 16
+    fail_at_step: int | None = None  # test hook: NaN loss injected at this step
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    best_eval_loss: float = math.inf
+    best_step: int = 0
+    forward_passes: int = 0
+    eval_forward_passes: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    last_train_loss: float = math.nan
+    resumed_from: int | None = None
+
+    def client_state(self) -> dict:
+        keys = ("step", "best_eval_loss", "best_step", "forward_passes", "eval_forward_passes",
+                "tokens", "train_seconds", "last_train_loss")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _reduce(engine, stats: dict[str, float], extra: list[float]) -> tuple[dict, list[float]]:
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys] + extra, dtype=torch.float64)
+    values = engine.all_reduce_sum(values)
+    return dict(zip(keys, values[: len(keys)].tolist(), strict=True)), values[len(keys):].tolist()
+
+
+def _means(sums: dict[str, float], norms: Norms, prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in sums.items():
+        if key == "loss":
+            out[f"{prefix}/loss"] = value
+        else:
+            out[f"{prefix}/{key}"] = value / (norms.tokens if key in PER_TOKEN_STATS
+                                              else norms.examples)
+    return out
+
+
+def evaluate(engine, data: StageData, cfg: ObjectiveConfig, ref_eval, batch_size: int
+             ) -> tuple[dict[str, float], int]:
+    """Eval loss over the whole eval set (normalised over all of it) + its stats."""
+    objective = OBJECTIVES[cfg.stage]
+    batches = shard_batches(len(data.eval), batch_size, engine.rank, engine.world_size)
+    collated = [(data.batch(data.eval, idx), w) for idx, w in batches]
+    counts = torch.tensor([[nll_tokens(b, cfg.stage, cfg.nll_scope) * w,
+                            n_examples(b, cfg.stage) * w] for b, w in collated]).sum(0).tolist()
+    _, (tokens, examples) = _reduce(engine, {}, counts)
+    norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
+    sums: dict[str, float] = {}
+    engine.train(False)
+    with torch.no_grad():
+        for batch, weight in collated:
+            ref = ref_eval[batch["indices"]] if ref_eval is not None else None
+            _, stats = objective(engine.forward, _to(batch, engine.device), norms, cfg, ref)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * weight
+    engine.train(True)
+    sums, _ = _reduce(engine, sums, [])
+    return _means(sums, norms, "eval"), len(collated)
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_loop(engine, data: StageData, obj_cfg: ObjectiveConfig, cfg: LoopConfig, sink,
+             log: Callable[[str], None], ref_logps: dict | None = None,
+             progress: Callable[[int, dict], None] | None = None) -> LoopState:
+    """Train for cfg.total_steps optimizer steps, resuming from the last checkpoint if any."""
+    objective = OBJECTIVES[obj_cfg.stage]
+    ref_train = ref_logps["train"] if ref_logps else None
+    ref_eval = ref_logps["eval"] if ref_logps else None
+    schedule = Schedule(len(data.train), cfg.batch_size, cfg.grad_accum, engine.world_size,
+                        cfg.seed)
+    state = LoopState()
+    if cfg.ckpt_dir is not None and (cfg.ckpt_dir / "latest").is_file():
+        restored = engine.load(cfg.ckpt_dir)
+        if restored:
+            for key, value in restored.items():
+                if hasattr(state, key):
+                    setattr(state, key, value)
+            state.resumed_from = state.step
+            sink.on_resume(state.step)
+            log(f"resumed from checkpoint at step {state.step}")
+    engine.train(True)
+    while state.step < cfg.total_steps:
+        t0 = time.perf_counter()
+        step = state.step + 1  # 1-based, as logged
+        micro_batches = [data.batch(data.train, idx)
+                         for idx in schedule.window(state.step, engine.rank)]
+        local = [sum(nll_tokens(b, obj_cfg.stage, obj_cfg.nll_scope) for b in micro_batches),
+                 sum(n_examples(b, obj_cfg.stage) for b in micro_batches),
+                 sum(int(b["attention_mask"].sum()) for b in micro_batches)]
+        _, (tokens, examples, seen_tokens) = _reduce(engine, {}, local)
+        norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(micro_batches):
+            ref = ref_train[batch["indices"]] if ref_train is not None else None
+            loss, stats = objective(engine.forward, _to(batch, engine.device), norms, obj_cfg,
+                                    ref)
+            if cfg.fail_at_step == step:
+                loss = loss * float("nan")
+                stats["loss"] = loss.detach()
+            engine.backward(loss)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if i < len(micro_batches) - 1:
+                engine.step()
+        sums, _ = _reduce(engine, sums, [])
+        if not math.isfinite(sums["loss"]):  # same total on every rank: all stop together
+            raise NonFiniteLoss(step, sums["loss"])
+        engine.step()  # the boundary step applies the update only once the loss is known finite
+        elapsed = time.perf_counter() - t0
+        state.step = step
+        state.forward_passes += len(micro_batches) * engine.world_size
+        state.tokens += int(seen_tokens)
+        state.train_seconds += elapsed
+        state.last_train_loss = sums["loss"]
+        metrics = _means(sums, norms, "train")
+        metrics.update({"train/lr": engine.lr(), "train/grad_norm": engine.grad_norm(),
+                        "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9)})
+        if step % cfg.eval_every == 0 or step == cfg.total_steps:
+            eval_metrics, n_fwd = evaluate(engine, data, obj_cfg, ref_eval, cfg.eval_batch_size)
+            state.eval_forward_passes += n_fwd * engine.world_size
+            metrics.update(eval_metrics)
+            if eval_metrics["eval/loss"] < state.best_eval_loss:
+                state.best_eval_loss, state.best_step = eval_metrics["eval/loss"], step
+                if cfg.ckpt_dir is not None:  # the paper keeps the best checkpoint by eval loss
+                    engine.save(cfg.ckpt_dir, "best", state.client_state(), latest=False)
+        if cfg.ckpt_dir is not None and (step % cfg.checkpoint_every == 0
+                                         or step == cfg.total_steps):
+            _save_step_checkpoint(engine, cfg.ckpt_dir, state)
+        sink.log_metrics(step, metrics)
+        if progress is not None:
+            progress(step, metrics)
+    sink.flush()
+    return state
+
+
+def _save_step_checkpoint(engine, ckpt_dir: Path, state: LoopState) -> None:
+    tag = f"step{state.step}"
+    engine.save(ckpt_dir, tag, state.client_state(), latest=True)
+    engine.barrier()
+    if engine.rank == 0:  # keep only the newest step checkpoint (and "best")
+        for old in ckpt_dir.glob("step*"):
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+    engine.barrier()

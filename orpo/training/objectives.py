@@ -1,0 +1,170 @@
+"""Per-stage objectives: one forward pass over a micro-batch -> loss contribution and stats.
+
+Every objective returns the micro-batch's share of the WINDOW loss: summed NLL divided by the
+token count of the whole accumulation window (across all ranks), summed per-example terms divided
+by the window's example count. Adding the shares of every micro-batch on every rank gives exactly
+the loss of the full batch, so gradient accumulation and data parallelism change nothing
+(TRL #2628 reported losses wrong under accumulation by averaging per-micro-batch means).
+
+Stats are detached sums ("nll" over tokens, the rest over examples); the loop adds them up over
+the window and divides by the same totals to log means. Names follow the metric catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from orpo.losses import (
+    bradley_terry_loss,
+    dpo_loss,
+    dpo_rewards,
+    odds_ratio_loss,
+    sequence_logprobs,
+    token_nll,
+)
+
+Forward = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Norms:
+    """Totals of the accumulation window over all ranks."""
+
+    tokens: float  # tokens the NLL is averaged over
+    examples: float  # pairs (or texts, for pretraining)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    stage: str
+    nll_scope: str = "response"  # "full" also trains on prompt tokens (TRL's choice)
+    orpo_lambda: float | None = None
+    dpo_beta: float | None = None
+
+
+def nll_mask(batch: dict[str, Tensor], rows: slice, scope: str) -> tuple[Tensor, Tensor]:
+    """(labels, mask) of the tokens the NLL covers, for the given rows."""
+    if scope == "full":  # prompt tokens count too: labels must not hold -100 there
+        return batch["input_ids"][rows], batch["attention_mask"][rows]
+    return batch["labels"][rows], batch["response_mask"][rows]
+
+
+def nll_tokens(batch: dict[str, Tensor], stage: str, scope: str) -> int:
+    """Tokens the NLL of this micro-batch averages over (known before the forward pass)."""
+    if stage not in ("sft", "orpo", "pretrain"):
+        return 0
+    rows = slice(0, _n_pairs(batch) if stage == "orpo" else len(batch["input_ids"]))
+    _, mask = nll_mask(batch, rows, "full" if stage == "pretrain" else scope)
+    return int(mask[:, 1:].sum())  # the first token is never predicted
+
+
+def n_examples(batch: dict[str, Tensor], stage: str) -> int:
+    return len(batch["input_ids"]) if stage in ("sft", "pretrain") else _n_pairs(batch)
+
+
+def _n_pairs(batch: dict[str, Tensor]) -> int:
+    return len(batch["input_ids"]) // 2  # rows: B chosen, then B rejected
+
+
+def _model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def _pair_logps(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Summed and mean response log-probs of all 2B rows."""
+    labels, mask = batch["labels"], batch["response_mask"]
+    summed = sequence_logprobs(logits, labels, mask, "sum")  # (2B,)
+    n_tokens = mask[:, 1:].sum(-1).clamp(min=1)  # (2B,)
+    return summed, summed / n_tokens
+
+
+def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """SFT (chosen rows) and pretraining (plain texts): token-level NLL."""
+    logits = forward(**_model_inputs(batch)).logits  # (B, T, V)
+    scope = "full" if cfg.stage == "pretrain" else cfg.nll_scope
+    labels, mask = nll_mask(batch, slice(None), scope)
+    nll_sum, _ = token_nll(logits, labels, mask)
+    loss = nll_sum / norms.tokens
+    stats = {"loss": loss.detach(), "nll": nll_sum.detach()}
+    if cfg.stage == "sft":
+        logp = sequence_logprobs(logits, batch["labels"], batch["response_mask"], "mean")  # (B,)
+        stats["logp_chosen"] = logp.detach().sum()
+    return loss, stats
+
+
+def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """L_ORPO = L_SFT + orpo_lambda * L_OR over one forward pass of chosen+rejected (2B rows)."""
+    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
+    b = _n_pairs(batch)
+    labels, mask = nll_mask(batch, slice(0, b), cfg.nll_scope)
+    nll_sum, _ = token_nll(logits[:b], labels, mask)
+    _, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    or_loss, log_odds = odds_ratio_loss(mean_logps[:b], mean_logps[b:])  # (B,), (B,)
+    loss = nll_sum / norms.tokens + cfg.orpo_lambda * or_loss.sum() / norms.examples
+    stats = {
+        "loss": loss.detach(),
+        "nll": nll_sum.detach(),
+        "or_loss": or_loss.detach().sum(),
+        "log_odds_ratio": log_odds.detach().sum(),
+        "logp_chosen": mean_logps[:b].detach().sum(),
+        "logp_rejected": mean_logps[b:].detach().sum(),
+    }
+    return loss, stats
+
+
+def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """Sigmoid DPO on summed log-probs; `ref` holds the cached reference log-probs (B, 2)."""
+    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
+    b = _n_pairs(batch)
+    sum_logps, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]  # (B,)
+    losses = dpo_loss(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta)
+    loss = losses.sum() / norms.examples
+    r_chosen, r_rejected = dpo_rewards(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected,
+                                       cfg.dpo_beta)
+    stats = {
+        "loss": loss.detach(),
+        "logp_chosen": mean_logps[:b].detach().sum(),
+        "logp_rejected": mean_logps[b:].detach().sum(),
+        "reward_margin": (r_chosen - r_rejected).sum(),
+        "reward_accuracy": (r_chosen > r_rejected).float().sum(),
+    }
+    return loss, stats
+
+
+def rm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """Bradley-Terry reward model: scalar head on prompt+response, -log sigmoid(r_w - r_l)."""
+    rewards = forward(**_model_inputs(batch)).logits.squeeze(-1).float()  # (2B,)
+    b = _n_pairs(batch)
+    losses = bradley_terry_loss(rewards[:b], rewards[b:])  # (B,)
+    loss = losses.sum() / norms.examples
+    margin = (rewards[:b] - rewards[b:]).detach()
+    stats = {
+        "loss": loss.detach(),
+        "reward_margin": margin.sum(),
+        "reward_accuracy": (margin > 0).float().sum(),
+    }
+    return loss, stats
+
+
+OBJECTIVES = {
+    "pretrain": lm_objective,
+    "sft": lm_objective,
+    "orpo": orpo_objective,
+    "dpo": dpo_objective,
+    "rm": rm_objective,
+}
+
+
+@torch.no_grad()
+def pair_logps(forward: Forward, batch) -> tuple[Tensor, Tensor]:
+    """(summed, mean) response log-probs of chosen and rejected, each (B, 2): the DPO reference
+    cache and the report's log odds / log probability ratio distributions use it."""
+    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
+    b = _n_pairs(batch)
+    summed, mean = _pair_logps(logits, batch)
+    return torch.stack([summed[:b], summed[b:]], 1), torch.stack([mean[:b], mean[b:]], 1)

@@ -1,0 +1,213 @@
+"""One rank of a training cell: `python -m orpo.training.worker JOB.json` (started by the launcher
+through torchrun or the deepspeed launcher, once per process).
+
+Reads the job, builds tokenizer, data and model, wraps them in the DeepSpeed engine, runs the
+loop, consolidates the best checkpoint into a Hugging Face model folder and writes result.json.
+Rank 0 alone talks to MLflow and writes files outside the checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from orpo.models import build_model, count_parameters, is_preset, load_tokenizer, save_model
+from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink
+from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
+from orpo.training.engine import DeepSpeedEngine
+from orpo.training.job import CellJob, cell_key, hash_dir
+from orpo.training.loop import LoopConfig, NonFiniteLoss, run_loop
+from orpo.training.objectives import ObjectiveConfig, pair_logps
+
+
+def resolve_tokenizer(job: CellJob):
+    if job.init_from:  # checkpoints are saved with their tokenizer
+        return load_tokenizer(job.init_from)
+    if is_preset(job.model):  # presets use the tokenizer trained on the experiment's data
+        return load_tokenizer(str(Path(job.data_dir) / "tokenizer"))
+    return load_tokenizer(job.model, trust_remote_code=job.trust_remote_code)
+
+
+def model_kind(job: CellJob) -> str:
+    return "reward" if job.cell.stage == "rm" else "causal-lm"
+
+
+def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, bool]:
+    """DPO reference log-probs (summed, chosen/rejected) of train and eval pairs.
+
+    DPO starts from its reference (the SFT checkpoint), so before the first update the policy IS
+    the reference: one pass under the same engine, no second model. Cached on disk per
+    (reference checkpoint, data, lengths) and reused across dpo_beta values and epochs.
+    Returns (logps, cache_hit)."""
+    key = f"{hash_dir(job.init_from)}-{hash_dir(job.data_dir)}-{job.max_length}"
+    key += f"-{job.max_prompt_length}-w{engine.world_size}"
+    path = Path(job.ref_cache_dir or Path(job.out_dir) / "ref_cache") / f"ref-{key}.pt"
+    if path.is_file():
+        log(f"reference log-probs: cache hit {path.name}")
+        return torch.load(path, weights_only=True), True
+    engine.train(False)
+    out = {}
+    for split, items in (("train", data.train), ("eval", data.eval)):
+        mine = {}
+        for indices, weight in shard_batches(len(items), 16, engine.rank, engine.world_size):
+            summed, _ = pair_logps(engine.forward, _to(data.batch(items, indices), engine.device))
+            if weight:
+                mine.update(zip(indices, summed.float().cpu(), strict=True))
+        merged = {k: v for part in engine.all_gather_object(mine) for k, v in part.items()}
+        out[split] = torch.stack([merged[i] for i in range(len(items))])  # (N, 2)
+    engine.train(True)
+    if engine.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    engine.barrier()
+    log(f"reference log-probs: computed and cached {path.name}")
+    return out, False
+
+
+def _to(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def make_progress(total: int, rank: int, log):
+    """tqdm bar on a terminal, else a plain line every ~5% of the steps."""
+    if rank != 0:
+        return None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="train", unit="step")
+
+        def update(step, metrics):
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
+                            tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        return update
+    every = max(1, total // 20)
+
+    def line(step, metrics):
+        if step % every == 0 or step == total:
+            extra = f" eval/loss={metrics['eval/loss']:.4f}" if "eval/loss" in metrics else ""
+            log(f"step {step}/{total} loss={metrics['train/loss']:.4f}{extra} "
+                f"tokens/s={metrics['train/tokens_per_s']:.0f}")
+    return line
+
+
+def train(job: CellJob) -> dict:
+    started = time.time()
+    out = Path(job.out_dir)
+    rank = int(os.environ.get("RANK", "0"))
+
+    def log(message: str) -> None:
+        if rank == 0:
+            print(f"[{job.cell.id}] {message}", flush=True)
+
+    tokenizer = resolve_tokenizer(job)
+    data = load_stage_data(job.cell.stage, job.data_dir, tokenizer, job.max_length,
+                           job.max_prompt_length)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    optim = job.optim
+    steps = total_steps(len(data.train), optim.epochs, optim.batch_size * optim.grad_accum * world,
+                        optim.max_steps)
+    init = job.init_from or job.model
+    kind = model_kind(job)
+    model = build_model(init, tokenizer, kind=kind, seed=job.cell.seed,
+                        trust_remote_code=job.trust_remote_code)
+    n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
+    engine = DeepSpeedEngine(model, optim, job.resources, steps)
+    log(f"{job.cell.stage} on {job.model}: {len(data.train)} train / {len(data.eval)} eval items, "
+        f"{steps} steps, {world} process(es), ZeRO-{job.resources.zero_stage}, "
+        f"{engine.precision} on {engine.device_type}")
+    sink = NullSink()
+    if rank == 0:
+        sinks = [JsonlSink(out / "metrics.jsonl")]
+        if job.mlflow_run_id:
+            sinks.append(MlflowSink(job.mlflow_run_id, job.tracking_uri))
+        sink = TeeSink(sinks)
+    sink.log_params(job.training_params())
+    ref, cache_hit = (None, None)
+    ref_passes = 0
+    if job.cell.stage == "dpo":
+        ref, cache_hit = reference_logps(engine, data, job, log)
+        if not cache_hit:
+            ref_passes = sum(len(shard_batches(len(items), 16, 0, world)) * world
+                             for items in (data.train, data.eval))
+    obj_cfg = ObjectiveConfig(stage=job.cell.stage, nll_scope=job.nll_scope,
+                              orpo_lambda=job.cell.orpo_lambda, dpo_beta=job.cell.dpo_beta)
+    ckpt_dir = out / "checkpoints"
+    loop_cfg = LoopConfig(total_steps=steps, batch_size=optim.batch_size,
+                          grad_accum=optim.grad_accum, eval_every=optim.eval_every,
+                          checkpoint_every=optim.checkpoint_every, seed=job.cell.seed,
+                          ckpt_dir=ckpt_dir, fail_at_step=job.fail_at_step)
+    state = run_loop(engine, data, obj_cfg, loop_cfg, sink, log, ref,
+                     make_progress(steps, rank, log))
+    model_dir = out / "model"
+    engine.export(ckpt_dir, "best",
+                  build_model=lambda: build_model(init, tokenizer, kind=kind, seed=0,
+                                                  trust_remote_code=job.trust_remote_code),
+                  save=lambda m: save_model(m, tokenizer, model_dir))
+    rss = max(engine.all_gather_object(peak_rss_mb()))
+    result = {
+        "cell_id": job.cell.id, "stage": job.cell.stage, "model": job.model,
+        "orpo_lambda": job.cell.orpo_lambda, "dpo_beta": job.cell.dpo_beta,
+        "seed": job.cell.seed, "key": cell_key(job), "status": "completed", "steps": state.step,
+        "best_step": state.best_step, "best_eval_loss": state.best_eval_loss,
+        "final_train_loss": state.last_train_loss, "resumed_from": state.resumed_from,
+        "forward_passes": state.forward_passes + ref_passes,
+        "reference_forward_passes": ref_passes, "eval_forward_passes": state.eval_forward_passes,
+        "tokens": state.tokens, "train_seconds": state.train_seconds,
+        "wall_seconds": time.time() - started, "peak_rss_mb": rss,
+        "used_reference_cache": cache_hit, "world_size": world,
+        "zero_stage": job.resources.zero_stage, "precision": engine.precision,
+        "parameters": n_params,
+        "truncation": {k: vars(v) for k, v in data.truncation.items()},
+        "model_dir": str(model_dir),
+    }
+    if rank == 0:
+        _write_outputs(out, engine.config, result, sink)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # consolidated: the model folder is the output
+    engine.barrier()
+    return result
+
+
+def _write_outputs(out: Path, ds_config: dict, result: dict, sink) -> None:
+    (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    totals = {f"cell/{k}": result[k] for k in ("forward_passes", "tokens", "wall_seconds",
+                                               "peak_rss_mb", "best_eval_loss", "train_seconds")}
+    sink.log_metrics(result["steps"], totals)
+    sink.flush()
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "result.json")  # written last: its presence means the cell is done
+    for name in ("job.json", "result.json", "ds_config.json"):
+        if (out / name).is_file():
+            sink.log_artifact(out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m orpo.training.worker JOB.json", file=sys.stderr)
+        return 2
+    job = CellJob.read(args[0])
+    try:
+        train(job)
+    except NonFiniteLoss as err:
+        print(f"[{job.cell.id}] FAILED: {err}", file=sys.stderr, flush=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
