@@ -1,4 +1,4 @@
-"""The `orpo` command: plan, train, run, report, bench.
+"""The `orpo` command: plan, train, run, report, bench, serve, stop.
 
 Every command validates its input before doing anything, and exits with status 2 and a message
 naming the problem when the input is bad.
@@ -25,8 +25,10 @@ def cmd_plan(args) -> int:
     from orpo.plan import plan_lines
 
     exp = load_experiment(args.experiment, args.set)
-    print(f"experiment {exp.name}: {exp.data.source} data, models {', '.join(exp.models)}, "
-          f"methods {', '.join(exp.methods)}, seeds {exp.seeds}")
+    print(
+        f"experiment {exp.name}: {exp.data.source} data, models {', '.join(exp.models)}, "
+        f"methods {', '.join(exp.methods)}, seeds {exp.seeds}"
+    )
     print("\n".join(plan_lines(exp)))
     return 0
 
@@ -49,24 +51,43 @@ def cmd_train(args) -> int:
         prepare_data(exp, paths.data_dir(exp.name))
         job = make_job(exp, cells[args.cell])
     if job.mlflow_run_id is None and not args.no_mlflow:
-        run_id = tracking.create_run(job.experiment, job.cell.id,
-                                     tags={"orpo.cell_id": job.cell.id, "orpo.stage": job.cell.stage})
-        job = job.model_copy(update={"mlflow_run_id": run_id,
-                                     "tracking_uri": tracking.default_tracking_uri()})
+        run_id = tracking.create_run(
+            job.experiment,
+            job.cell.id,
+            tags={"orpo.cell_id": job.cell.id, "orpo.stage": job.cell.stage},
+        )
+        job = job.model_copy(
+            update={"mlflow_run_id": run_id, "tracking_uri": tracking.default_tracking_uri()}
+        )
     result = train_cell(job)
     if job.mlflow_run_id and not args.job:
         tracking.end_run(job.mlflow_run_id)
-    print(json.dumps({k: result[k] for k in ("cell_id", "status", "steps", "best_eval_loss",
-                                             "wall_seconds") if k in result}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("cell_id", "status", "steps", "best_eval_loss", "wall_seconds")
+                if k in result
+            }
+        )
+    )
     return 0
 
 
 def cmd_run(args) -> int:
+    import os
+
+    from orpo.paths import project_home
+
+    exp = load_experiment(args.experiment, args.set)  # validate before starting anything
+    # Prefect reads its settings at import: point it at a project-local home first.
+    os.environ.setdefault("PREFECT_HOME", str(project_home() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.ablation import run_experiment
 
-    exp = load_experiment(args.experiment, args.set)
-    report = run_experiment(exp, experiment_file=str(Path(args.experiment).resolve()),
-                            overrides=args.set)
+    report = run_experiment(
+        exp, experiment_file=str(Path(args.experiment).resolve()), overrides=args.set
+    )
     print(f"report: {report}")
     return 0
 
@@ -85,11 +106,29 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from orpo.services import serve
+
+    serve(args.prefect_port, args.mlflow_port)
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from orpo.services import stop
+
+    stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orpo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                 "help": "override a field, e.g. --set orpo_lambdas=[0.2] (repeatable)"}
+    overrides = {
+        "action": "append",
+        "default": [],
+        "metavar": "KEY=VALUE",
+        "help": "override a field, e.g. --set orpo_lambdas=[0.2] (repeatable)",
+    }
 
     p = sub.add_parser("plan", help="validate an experiment and print its cells")
     p.add_argument("experiment")
@@ -118,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--models", nargs="+", default=["opt-tiny", "opt-medium"])
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("serve", help="start Prefect server + worker and the MLflow UI on 127.0.0.1")
+    p.add_argument("--prefect-port", type=int, default=4200)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stop", help="stop what `orpo serve` started")
+    p.set_defaults(func=cmd_stop)
     return parser
 
 

@@ -203,28 +203,58 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     if pretrained:
         for model in dict.fromkeys([*exp.models, *judge_models]):
             for seed in exp.seeds if model in exp.models else exp.seeds[:1]:
-                cells.append(Cell(id=cell_id("pretrain", model, seed), stage="pretrain",
-                                  model=model, seed=seed))
+                cells.append(
+                    Cell(
+                        id=cell_id("pretrain", model, seed),
+                        stage="pretrain",
+                        model=model,
+                        seed=seed,
+                    )
+                )
     for model in judge_models:
         seed = exp.seeds[0]  # the paper trains its judge once per data set
-        cells.append(Cell(id=cell_id("rm", model, seed), stage="rm", model=model, seed=seed,
-                          depends_on=base(model, seed)))
+        cells.append(
+            Cell(
+                id=cell_id("rm", model, seed),
+                stage="rm",
+                model=model,
+                seed=seed,
+                depends_on=base(model, seed),
+            )
+        )
     for model in exp.models:
         for seed in exp.seeds:
             if "sft" in exp.methods:
                 sft_id = cell_id("sft", model, seed)
-                cells.append(Cell(id=sft_id, stage="sft", model=model, seed=seed,
-                                  depends_on=base(model, seed)))
+                cells.append(
+                    Cell(
+                        id=sft_id, stage="sft", model=model, seed=seed, depends_on=base(model, seed)
+                    )
+                )
             if "dpo" in exp.methods:
                 for beta in exp.dpo_betas:
-                    cells.append(Cell(id=cell_id("dpo", model, seed, dpo_beta=beta), stage="dpo",
-                                      model=model, seed=seed, dpo_beta=beta,
-                                      depends_on=[cell_id("sft", model, seed)]))
+                    cells.append(
+                        Cell(
+                            id=cell_id("dpo", model, seed, dpo_beta=beta),
+                            stage="dpo",
+                            model=model,
+                            seed=seed,
+                            dpo_beta=beta,
+                            depends_on=[cell_id("sft", model, seed)],
+                        )
+                    )
             if "orpo" in exp.methods:
                 for lam in exp.orpo_lambdas:
-                    cells.append(Cell(id=cell_id("orpo", model, seed, orpo_lambda=lam),
-                                      stage="orpo", model=model, seed=seed, orpo_lambda=lam,
-                                      depends_on=base(model, seed)))
+                    cells.append(
+                        Cell(
+                            id=cell_id("orpo", model, seed, orpo_lambda=lam),
+                            stage="orpo",
+                            model=model,
+                            seed=seed,
+                            orpo_lambda=lam,
+                            depends_on=base(model, seed),
+                        )
+                    )
     return cells
 
 
@@ -252,7 +282,9 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 
 def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         return Experiment.model_validate(raw)
     except ValidationError as err:

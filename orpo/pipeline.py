@@ -27,15 +27,29 @@ def init_checkpoint(exp: Experiment, cell: Cell) -> str | None:
     return str(paths.cell_dir(exp.name, source) / "model")
 
 
-def make_job(exp: Experiment, cell: Cell, mlflow_run_id: str | None = None,
-             tracking_uri: str | None = None, fail_at_step: int | None = None) -> CellJob:
+def make_job(
+    exp: Experiment,
+    cell: Cell,
+    mlflow_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    fail_at_step: int | None = None,
+) -> CellJob:
     return CellJob(
-        experiment=exp.name, cell=cell, model=cell.model, init_from=init_checkpoint(exp, cell),
-        data_dir=str(paths.data_dir(exp.name)), out_dir=str(paths.cell_dir(exp.name, cell.id)),
-        optim=optim_for(exp, cell.stage), resources=exp.resources, nll_scope=exp.nll_scope,
-        max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
-        ref_cache_dir=str(paths.runs_dir(exp.name) / "ref_cache"), mlflow_run_id=mlflow_run_id,
-        tracking_uri=tracking_uri, trust_remote_code=exp.trust_remote_code,
+        experiment=exp.name,
+        cell=cell,
+        model=cell.model,
+        init_from=init_checkpoint(exp, cell),
+        data_dir=str(paths.data_dir(exp.name)),
+        out_dir=str(paths.cell_dir(exp.name, cell.id)),
+        optim=optim_for(exp, cell.stage),
+        resources=exp.resources,
+        nll_scope=exp.nll_scope,
+        max_length=exp.data.max_length,
+        max_prompt_length=exp.data.max_prompt_length,
+        ref_cache_dir=str(paths.runs_dir(exp.name) / "ref_cache"),
+        mlflow_run_id=mlflow_run_id,
+        tracking_uri=tracking_uri,
+        trust_remote_code=exp.trust_remote_code,
         fail_at_step=fail_at_step,
     )
 
@@ -52,8 +66,10 @@ def finished_result(job: CellJob) -> dict | None:
 def train_cell(job: CellJob, on_line: Callable[[str], None] = print) -> dict:
     """Run the job unless an identical one finished; returns its result.json content."""
     if job.init_from and not Path(job.init_from).is_dir():
-        raise FileNotFoundError(f"cell {job.cell.id}: input checkpoint {job.init_from} is missing "
-                                "(train the cell it depends on first)")
+        raise FileNotFoundError(
+            f"cell {job.cell.id}: input checkpoint {job.init_from} is missing "
+            "(train the cell it depends on first)"
+        )
     key = cell_key(job)
     if (done := finished_result(job)) is not None:
         on_line(f"{job.cell.id}: cached (key {key}), not retrained")

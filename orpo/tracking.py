@@ -65,8 +65,11 @@ class JsonlSink(NullSink):
 
     def on_resume(self, step: int) -> None:
         if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -80,6 +83,7 @@ class TeeSink:
         def call(*args, **kwargs):
             for sink in self.sinks:
                 getattr(sink, name)(*args, **kwargs)
+
         return call
 
 
@@ -134,16 +138,22 @@ def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
     return client.create_experiment(name, artifact_location=default_artifact_root() + f"/{name}")
 
 
-def create_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
-               parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
+def create_run(
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri or default_tracking_uri())
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(ensure_experiment(experiment, tracking_uri), run_name=run_name,
-                            tags=all_tags)
+    run = client.create_run(
+        ensure_experiment(experiment, tracking_uri), run_name=run_name, tags=all_tags
+    )
     return run.info.run_id
 
 

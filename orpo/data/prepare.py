@@ -24,18 +24,25 @@ SPLITS = ("train", "eval", "test")
 
 
 def _load_real(data: DataConfig) -> tuple[dict[str, list[PreferenceExample]], dict]:
-    train, report = clean_pairs(load_preference_dataset(data.source, data.path, data.train_split,
-                                                        data.limit))
+    train, report = clean_pairs(
+        load_preference_dataset(data.source, data.path, data.train_split, data.limit)
+    )
     test_source = data.test_path or data.path
-    test, test_report = clean_pairs(load_preference_dataset(data.source, test_source,
-                                                            data.test_split))
+    test, test_report = clean_pairs(
+        load_preference_dataset(data.source, test_source, data.test_split)
+    )
     rng = random.Random(0)  # eval pairs carved from train, deterministically
     rng.shuffle(train)
     if len(train) <= data.eval_size:
-        raise ValueError(f"data.path {data.path}: {len(train)} pairs after cleaning, not enough "
-                         f"for data.eval_size={data.eval_size} plus training pairs")
-    splits = {"train": train[data.eval_size:], "eval": train[:data.eval_size],
-              "test": test[:data.test_size]}
+        raise ValueError(
+            f"data.path {data.path}: {len(train)} pairs after cleaning, not enough "
+            f"for data.eval_size={data.eval_size} plus training pairs"
+        )
+    splits = {
+        "train": train[data.eval_size :],
+        "eval": train[: data.eval_size],
+        "test": test[: data.test_size],
+    }
     return splits, {"train": report.__dict__, "test": test_report.__dict__}
 
 
@@ -68,11 +75,17 @@ def prepare_data(exp: Experiment, out_dir: Path) -> Path:
     for split in SPLITS:
         write_jsonl(splits[split], tmp / f"{split}.jsonl")
     if needs_tokenizer:
-        tokenizer = train_tokenizer(tokenizer_corpus(splits["train"] + splits["eval"]),
-                                    vocab_size=exp.data.tokenizer_vocab_size)
+        tokenizer = train_tokenizer(
+            tokenizer_corpus(splits["train"] + splits["eval"]),
+            vocab_size=exp.data.tokenizer_vocab_size,
+        )
         tokenizer.save_pretrained(tmp / "tokenizer")
-    manifest = {"data": config, "counts": {s: len(splits[s]) for s in SPLITS},
-                "cleaning": cleaning, "tokenizer": needs_tokenizer}
+    manifest = {
+        "data": config,
+        "counts": {s: len(splits[s]) for s in SPLITS},
+        "cleaning": cleaning,
+        "tokenizer": needs_tokenizer,
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

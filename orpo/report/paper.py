@@ -67,15 +67,19 @@ class Correspondence:
 
     corresponds: bool
     differences: tuple[str, ...]  # why not, in words; empty when it corresponds
-    table: str | None = None  # e.g. "Table 2 (HH-RLHF)" when it corresponds
-    paper_size: str | None = None
+    data_source: str | None = None  # set when it corresponds
+    paper_size: str | None = None  # e.g. "350M", set when it corresponds
+
+    @property
+    def table(self) -> str | None:
+        """The paper's table this set-up matches, e.g. "Table 2 (HH-RLHF)"."""
+        return PAPER_TABLE_NAMES[self.data_source] if self.corresponds else None
 
     def paper_win_rate(self, versus: str) -> float | None:
         """The paper's ORPO-vs-`versus` win rate (%) for this set-up, None if not comparable."""
         if not self.corresponds:
             return None
-        source = next(k for k, v in PAPER_TABLE_NAMES.items() if v == self.table)
-        return PAPER_WIN_RATES[source][self.paper_size].get(versus)
+        return PAPER_WIN_RATES[self.data_source][self.paper_size].get(versus)
 
 
 def correspondence(data_source: str, model: str, judge: str) -> Correspondence:
@@ -92,4 +96,4 @@ def correspondence(data_source: str, model: str, judge: str) -> Correspondence:
         differences.append(f"judge is {judge!r}, the paper judged with a reward model")
     if differences:
         return Correspondence(False, tuple(differences))
-    return Correspondence(True, (), table=PAPER_TABLE_NAMES[data_source], paper_size=size)
+    return Correspondence(True, (), data_source=data_source, paper_size=size)

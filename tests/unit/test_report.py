@@ -161,6 +161,45 @@ def test_headline_calls_winners_losers_and_ties(rendered):
 
 
 @unit
+def test_other_judges_get_their_own_table(rendered):
+    _, page, _ = rendered
+    headline = page.split('<section id="headline">')[1].split("</section>")[0]
+    assert "The same comparisons judged by <code>oracle</code>" in headline
+    assert headline.count('class="other-judge"') == 1
+
+
+@unit
+def test_single_seed_rows_are_labelled_by_seed(tmp_path):
+    results_dir = write_fixture_results(tmp_path / "results")
+    win_rates = pd.read_parquet(results_dir / "win_rates.parquet")
+    win_rates[win_rates["seed"] == 0].to_parquet(results_dir / "win_rates.parquet")
+    page = render_from(results_dir)
+    headline = page.split('<section id="headline">')[1].split("</section>")[0]
+    assert "<td>seed 0</td>" in headline and "<td>pooled</td>" not in headline
+
+
+@unit
+def test_hostile_ids_and_names_are_escaped(tmp_path):
+    results_dir = write_fixture_results(tmp_path / "results")
+    cells = pd.read_parquet(results_dir / "cells.parquet")
+    cells.loc[0, "cell_id"] = "<svg onload=alert(3)>"
+    cells.to_parquet(results_dir / "cells.parquet")
+    samples = pd.read_parquet(results_dir / "samples.parquet")
+    samples["prompt_id"] = samples["prompt_id"].replace("p0", '"><svg onload=alert(4)>')
+    samples.to_parquet(results_dir / "samples.parquet")
+    meta = json.loads((results_dir / "meta.json").read_text())
+    meta["notes"].append("<script>alert(5)</script>")
+    meta["judge"] = "reward-model:<i>rm</i>"
+    (results_dir / "meta.json").write_text(json.dumps(meta))
+    page = render_from(results_dir)
+    tags = [t for t, _ in parse(page).tags]
+    assert "svg" not in tags and "script" not in tags and "i" not in tags
+    assert "&lt;svg onload=alert(3)&gt;" in page
+    assert "&quot;&gt;&lt;svg onload=alert(4)&gt;" in page
+    assert "&lt;script&gt;alert(5)&lt;/script&gt;" in page
+
+
+@unit
 def test_paper_numbers_sit_beside_ours_when_the_set_up_corresponds(tmp_path):
     results_dir = write_fixture_results(
         tmp_path / "results", data_source="hh-rlhf", models=("facebook/opt-125m", "opt-350m")

@@ -8,7 +8,7 @@ import pandas as pd
 
 from orpo.report.labels import method_label
 from orpo.report.markup import Safe, note, pct
-from orpo.report.tables import POOLED_SEED, Results, table_file
+from orpo.report.tables import POOLED_SEED, Results
 
 COMPARISON_KEY = ["model", "method_a", "orpo_lambda_a", "method_b", "judge"]
 
@@ -43,24 +43,22 @@ class HeadlineRows:
     caveats: tuple[str, ...]
 
 
-def headline_rows(results: Results) -> HeadlineRows:
-    """Win-rate rows the headline reports: the experiment's judge, pooled over seeds if possible.
+def headline_rows(results: Results, judge: str | None = None) -> HeadlineRows:
+    """Win-rate rows of one judge (default: the experiment's), pooled over seeds if possible.
 
     With one seed there is no pooled row and the seed's row is the result. With several seeds
     and no pooled row (a writer that skipped pooling), we show the lowest seed and say so rather
     than averaging CIs, which would not be a CI.
     """
     win_rates = results.win_rates
-    judge = results.meta.judge
+    judge = judge or results.meta.judge
     caveats = []
     if win_rates.empty:
         return HeadlineRows(win_rates, judge, ())
     judges = list(win_rates["judge"].dropna().unique())
     if judge not in judges:
+        caveats.append(f"No win rates by the judge {judge!r}; showing {judges[0]!r}.")
         judge = str(judges[0])
-        caveats.append(
-            f"No win rates by the experiment's judge {results.meta.judge!r}; showing {judge!r}."
-        )
     of_judge = win_rates[win_rates["judge"] == judge]
     chosen = []
     for _, group in of_judge.groupby(COMPARISON_KEY, dropna=False, sort=False):
@@ -110,5 +108,10 @@ def verdict_sentence(row) -> str:
     return f"{row['model']}: {a} vs {b}: no clear winner, the CI includes 50% ({figures})."
 
 
-def table_name_list(names: list[str]) -> str:
-    return ", ".join(table_file(n) for n in names)
+def other_judges(results: Results, headline_judge: str) -> list[str]:
+    """Judges with win rates besides the headline one (on synthetic data, the oracle)."""
+    if results.win_rates.empty:
+        return []
+    return sorted(
+        str(j) for j in results.win_rates["judge"].dropna().unique() if j != headline_judge
+    )

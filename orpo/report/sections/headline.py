@@ -18,6 +18,7 @@ from orpo.report.sections.common import (
     failed_cells_note,
     headline_rows,
     missing_note,
+    other_judges,
     verdict,
     verdict_sentence,
 )
@@ -63,13 +64,29 @@ def render(results: Results) -> Safe:
     parts += [tag("h3", "Who won"), bullet_list(verdict_sentence(r) for _, r in rows.iterrows())]
     parts += [note(c) for c in headline.caveats]
     parts.append(_paper_statement(matches, results.meta.data_source))
+    parts += [_other_judge_table(results, judge) for judge in other_judges(results, headline.judge)]
     return join(parts)
+
+
+def _other_judge_table(results: Results, judge: str) -> Safe:
+    """The same comparisons by another judge: on synthetic data the oracle is ground truth."""
+    rows = _sorted(headline_rows(results, judge).rows, results.meta.models)
+    return join(
+        [
+            tag("h3", join(["The same comparisons judged by ", tag("code", judge)])),
+            table(_headers(False), _table_rows(rows, {}, show_paper=False), class_="other-judge"),
+            guide(
+                "as the table above, by another judge; where the judges disagree on a verdict, "
+                "trust the one that agrees more with held-out pairs (Judge quality section)."
+            ),
+        ]
+    )
 
 
 def _sorted(rows: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     order = {c: i for i, c in enumerate(COMPARISONS)}
     keyed = rows.assign(
-        _model=rows["model"].map(lambda m: model_rank(models)(m)),
+        _model=rows["model"].map(model_rank(models)),
         _comparison=[
             order.get((a, b), 99) for a, b in zip(rows["method_a"], rows["method_b"], strict=True)
         ],

@@ -1,0 +1,114 @@
+"""The `orpo-ablation` flow: one experiment file -> training cells -> generations -> judged win
+rates -> HTML report. It only composes tasks; the work is in `orpo/` behind `tasks/`.
+
+Dependencies: data before everything; pretrain -> sft -> dpo, pretrain -> orpo/rm (from
+`orpo.config.expand_cells`); the reward-model judge before any judging; every cell before the
+report, which runs even when some cells failed (it says which and why).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import allow_failure, flow, get_client, get_run_logger
+
+from orpo import tracking
+from orpo.config import Experiment, cell_id, expand_cells, load_experiment
+from tasks.common import flow_run_info
+from tasks.data import prepare_data_task
+from tasks.evaluate import generate_task, judge_quality_task, judge_task
+from tasks.report import report_task
+from tasks.train import train_cell_task, training_slots
+
+POLICY_STAGES = ("sft", "dpo", "orpo")
+
+
+def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:
+    """{"orpo_lambdas": [0.2], "eval.temperature": 0.7} -> ["orpo_lambdas=[0.2]", ...]: the same
+    `--set key=value` strings `orpo run` takes, validated by the same schema."""
+    import json
+
+    return [f"{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]
+
+
+@flow(name="orpo-ablation", log_prints=True)
+def orpo_ablation(
+    experiment_file: str = "experiments/smoke.yaml",
+    overrides: dict[str, Any] | None = None,
+    fail_cells: dict[str, int] | None = None,
+) -> str:
+    """Run an experiment grid. `overrides` maps dotted experiment keys to values;
+    `fail_cells` (testing) injects a NaN loss at the given step of the named cells."""
+    logger = get_run_logger()
+    args = overrides_to_args(overrides)
+    exp = load_experiment(experiment_file, args)  # a bad file or override fails here, first
+    cells = expand_cells(exp)
+    logger.info("experiment %s: %d cells", exp.name, len(cells))
+    tracking.ensure_experiment(exp.name)  # before the fan-out: concurrent creation races
+    parent = tracking.create_run(
+        exp.name,
+        f"ablation-{exp.name}",
+        tags={
+            "orpo.experiment_file": experiment_file,
+            "orpo.overrides": " ".join(args),
+            **flow_run_info(),
+        },
+    )
+    tracking.MlflowSink(parent).log_params(exp.model_dump(mode="json"))
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(
+            training_slots(exp.name), exp.resources.max_parallel_cells
+        )
+
+    data = prepare_data_task.submit(experiment_file, args)
+    trained = {}
+    for cell in cells:  # dependency order: upstream futures exist already
+        upstream = [trained[d] for d in cell.depends_on]
+        trained[cell.id] = train_cell_task.with_options(retries=exp.resources.retries).submit(
+            experiment_file,
+            args,
+            cell.id,
+            parent,
+            (fail_cells or {}).get(cell.id),
+            wait_for=[data, *upstream],
+        )
+
+    judge_ready = _judge_dependencies(exp, trained)
+    quality = judge_quality_task.submit(experiment_file, args, wait_for=[data, *judge_ready])
+    judged = []
+    for cell in cells:
+        if cell.stage not in POLICY_STAGES:
+            continue
+        generated = generate_task.submit(
+            experiment_file, args, cell.id, wait_for=[trained[cell.id]]
+        )
+        judged.append(
+            judge_task.submit(experiment_file, args, cell.id, wait_for=[generated, *judge_ready])
+        )
+        judged.append(generated)
+    everything = [*trained.values(), *judged, quality]
+    report = report_task.submit(
+        experiment_file, args, parent, wait_for=[allow_failure(f) for f in everything]
+    )
+    html = report.result()
+    failed = [cid for cid, f in trained.items() if f.state.is_failed()]
+    tracking.end_run(parent, "FAILED" if failed else "FINISHED")
+    if failed:
+        logger.warning("cells that failed: %s (the report lists why)", ", ".join(failed))
+    return html
+
+
+def _judge_dependencies(exp: Experiment, trained: dict) -> list:
+    if exp.eval.judge != "reward-model":
+        return []
+    return [trained[cell_id("rm", exp.eval.rm_model, exp.seeds[0])]]
+
+
+def run_experiment(exp: Experiment, experiment_file: str, overrides: list[str]) -> Path:
+    """`orpo run`: the flow in-process (Prefect starts a temporary local API when
+    PREFECT_API_URL is unset). Overrides arrive as `key=value` strings."""
+    from orpo.config import parse_overrides
+
+    as_dict = dict(parse_overrides(overrides))
+    return Path(orpo_ablation(experiment_file=experiment_file, overrides=as_dict))

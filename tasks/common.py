@@ -1,0 +1,23 @@
+"""Shared plumbing of the Prefect tasks: the experiment travels as the YAML path plus overrides
+(a path and strings, never tensors), and is re-validated inside each task."""
+
+from __future__ import annotations
+
+from orpo.config import Experiment, load_experiment
+
+
+def load(experiment_file: str, overrides: list[str]) -> Experiment:
+    return load_experiment(experiment_file, overrides)
+
+
+def flow_run_info() -> dict[str, str]:
+    """Prefect flow run id and UI URL, for MLflow tags that point back at Prefect."""
+    from prefect.runtime import flow_run
+
+    info = {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+    }
+    if flow_run.ui_url:
+        info["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return info

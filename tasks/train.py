@@ -1,0 +1,95 @@
+"""Task: train one cell in its own DeepSpeed processes, logging to a child MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
+
+from orpo import tracking
+from orpo.config import expand_cells
+from orpo.pipeline import finished_result, make_job, train_cell
+from orpo.training.job import cell_key
+from tasks.common import flow_run_info, load
+
+
+def training_slots(experiment: str) -> str:
+    """Name of the global concurrency limit that caps cells training at once."""
+    return f"orpo-train-{experiment}"
+
+
+@task(name="train-cell", task_run_name="train-{cell_id}")
+def train_cell_task(
+    experiment_file: str,
+    overrides: list[str],
+    cell_id: str,
+    parent_run_id: str,
+    fail_at_step: int | None = None,
+) -> str:
+    logger = get_run_logger()
+    exp = load(experiment_file, overrides)
+    cell = {c.id: c for c in expand_cells(exp)}[cell_id]
+    job = make_job(exp, cell, fail_at_step=fail_at_step)
+    if job.init_from and not Path(job.init_from).is_dir():
+        raise FileNotFoundError(f"{cell_id}: its input checkpoint {job.init_from} is missing")
+    tags = {
+        "orpo.cell_id": cell_id,
+        "orpo.stage": cell.stage,
+        "orpo.model": cell.model,
+        "orpo.cell_key": cell_key(job),
+        **flow_run_info(),
+    }
+    earlier = finished_result(job)
+    if earlier is not None:  # same key: reuse, but still show the cell under this parent run
+        tags["orpo.cached_from_run"] = _previous_run_id(job)
+    run_id = tracking.create_run(exp.name, cell_id, tags, parent_run_id=parent_run_id)
+    job = job.model_copy(
+        update={"mlflow_run_id": run_id, "tracking_uri": tracking.default_tracking_uri()}
+    )
+    (job.out / "failure.json").unlink(missing_ok=True)
+    try:
+        if earlier is not None:
+            result = {**earlier, "status": "cached"}
+            logger.info("%s: finished earlier with the same key, not retrained", cell_id)
+            _log_cached(run_id, job, earlier)
+        else:
+            with concurrency(training_slots(exp.name), occupy=1):
+                result = train_cell(job, on_line=logger.info)
+    except Exception as err:
+        job.out.mkdir(parents=True, exist_ok=True)
+        (job.out / "failure.json").write_text(
+            json.dumps({"cell_id": cell_id, "error": str(err)[-4000:]})
+        )
+        tracking.end_run(run_id, "FAILED")
+        raise
+    tracking.end_run(run_id)
+    logger.info(
+        "%s: %s in %.1f s, best eval loss %.4f",
+        cell_id,
+        result["status"],
+        result["wall_seconds"],
+        result["best_eval_loss"],
+    )
+    return str(job.out)
+
+
+def _previous_run_id(job) -> str:
+    try:
+        return json.loads((job.out / "job.json").read_text()).get("mlflow_run_id") or ""
+    except (OSError, ValueError):
+        return ""
+
+
+def _log_cached(run_id: str, job, result: dict) -> None:
+    sink = tracking.MlflowSink(run_id)
+    sink.log_params(job.training_params())
+    sink.log_metrics(
+        result["steps"],
+        {
+            f"cell/{k}": result[k]
+            for k in ("forward_passes", "tokens", "wall_seconds", "peak_rss_mb", "best_eval_loss")
+        },
+    )
+    sink.flush()
