@@ -71,8 +71,8 @@ class DataConfig(Strict):
     def _paths_match_source(self) -> DataConfig:
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+        if self.max_prompt_length > self.max_length:
+            raise ValueError("data.max_prompt_length must not exceed data.max_length")
         return self
 
 

@@ -21,10 +21,19 @@ class CellCost:
     max_tokens: int | None
 
 
+# Training pairs of the paper's hub data sets (before cleaning), for estimates before download.
+KNOWN_SIZES = {"Anthropic/hh-rlhf": 160_800, "HuggingFaceH4/ultrafeedback_binarized": 61_135}
+
+
 def n_train_pairs(exp: Experiment) -> int | None:
     if exp.data.source == "synthetic":
         return exp.data.synthetic.n_train
-    return exp.data.limit
+    known = KNOWN_SIZES.get(exp.data.path or "")
+    if known is not None:
+        known -= exp.data.eval_size
+    if exp.data.limit is not None:
+        return min(exp.data.limit, known) if known else exp.data.limit
+    return known
 
 
 def estimate_cost(exp: Experiment, cell: Cell) -> CellCost:

@@ -21,6 +21,7 @@ from orpo.report import SECTION_IDS, ResultsContractError, load_results, render_
 from orpo.report.markup import run_link
 from orpo.report.paper import correspondence, paper_model_size
 from orpo.report.render import RENDER_FAILED_CLASS
+from orpo.report.sections.common import headline_rows
 from orpo.report.tables import TABLE_COLUMNS, table_file
 from tests.fixtures.report_fixture import (
     HOSTILE_ERROR,
@@ -176,6 +177,19 @@ def test_single_seed_rows_are_labelled_by_seed(tmp_path):
     page = render_from(results_dir)
     headline = page.split('<section id="headline">')[1].split("</section>")[0]
     assert "<td>seed 0</td>" in headline and "<td>pooled</td>" not in headline
+
+
+@unit
+def test_unpooled_seeds_show_the_lowest_seed_and_say_so(tmp_path):
+    results_dir = write_fixture_results(tmp_path / "results")
+    win_rates = pd.read_parquet(results_dir / "win_rates.parquet")
+    win_rates[win_rates["seed"] != -1].to_parquet(results_dir / "win_rates.parquet")
+    headline = headline_rows(load_results(results_dir))
+    assert set(headline.rows["seed"]) == {0}
+    assert headline.rows.duplicated(["model", "method_a", "orpo_lambda_a", "method_b"]).sum() == 0
+    assert headline.caveats == (
+        "No win rates pooled over seeds for tiny-opt-2l, tiny-opt-4l: showing the lowest seed's.",
+    )
 
 
 @unit

@@ -61,6 +61,7 @@ def headline_rows(results: Results, judge: str | None = None) -> HeadlineRows:
         judge = str(judges[0])
     of_judge = win_rates[win_rates["judge"] == judge]
     chosen = []
+    unpooled_models: set[str] = set()
     for _, group in of_judge.groupby(COMPARISON_KEY, dropna=False, sort=False):
         pooled = group[group["seed"] == POOLED_SEED]
         if not pooled.empty:
@@ -68,11 +69,13 @@ def headline_rows(results: Results, judge: str | None = None) -> HeadlineRows:
             continue
         lowest_seed = group.sort_values("seed").iloc[[0]]
         if group["seed"].nunique() > 1:
-            caveats.append(
-                f"{lowest_seed['model'].iloc[0]}: no pooled row, showing seed "
-                f"{int(lowest_seed['seed'].iloc[0])} only."
-            )
+            unpooled_models.add(str(lowest_seed["model"].iloc[0]))
         chosen.append(lowest_seed)
+    if unpooled_models:
+        caveats.append(
+            f"No win rates pooled over seeds for {', '.join(sorted(unpooled_models))}: "
+            "showing the lowest seed's."
+        )
     rows = pd.concat(chosen, ignore_index=True)
     return HeadlineRows(rows, judge, tuple(caveats))
 

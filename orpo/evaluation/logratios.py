@@ -1,0 +1,49 @@
+"""Log odds ratio vs log probability ratio of held-out pairs under a trained policy (paper
+Sec. 7.1), from the model's own length-normalised response log-probs (Eq. 3):
+
+    log_prob_ratio = logp_w - logp_l
+    log_odds_ratio = (logp_w - logp_l) - (log1mexp(logp_w) - log1mexp(logp_l))
+
+Log-probs come from `orpo.training.objectives.pair_logps` (the helper DPO's reference cache
+uses) and the log odds ratio from `orpo.losses.odds_ratio_loss` (which applies `log1mexp`), so
+the numbers are the ones the ORPO loss sees in training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from orpo.data.schema import PreferenceExample
+from orpo.data.tokenize import collate_pairs, encode_pairs
+from orpo.losses import odds_ratio_loss
+from orpo.models import load_model, load_tokenizer
+from orpo.training.objectives import pair_logps
+
+
+def log_ratio_rows(
+    model_dir: str | Path,
+    pairs: list[PreferenceExample],
+    max_length: int,
+    max_prompt_length: int,
+    batch_size: int = 32,
+) -> list[dict]:
+    """One row per pair that fits: {pair_id, logp_chosen, logp_rejected, log_prob_ratio,
+    log_odds_ratio} (mean log-probs over response tokens, EOS included)."""
+    model = load_model(model_dir).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    encoded, _ = encode_pairs(tokenizer, pairs, max_length, max_prompt_length)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            batch = collate_pairs(chunk, tokenizer.pad_token_id)
+            _, mean = pair_logps(model, batch)  # (B, 2): chosen, rejected
+            chosen, rejected = mean[:, 0].double(), mean[:, 1].double()  # (B,)
+            _, log_odds = odds_ratio_loss(chosen, rejected)  # (B,)
+            for pair, w, lo, odds in zip(chunk, chosen.tolist(), rejected.tolist(),
+                                         log_odds.tolist(), strict=True):
+                rows.append({"pair_id": pair.example_id, "logp_chosen": w, "logp_rejected": lo,
+                             "log_prob_ratio": w - lo, "log_odds_ratio": odds})
+    return rows

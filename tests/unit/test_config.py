@@ -1,0 +1,99 @@
+"""The experiment schema: shipped files validate, bad input is rejected naming the field."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orpo.cli import main
+from orpo.config import ConfigError, expand_cells, load_experiment, parse_experiment
+from orpo.plan import plan_lines
+
+pytestmark = pytest.mark.unit
+EXPERIMENTS = sorted((Path(__file__).parents[2] / "experiments").glob("*.yaml"))
+MINIMAL = {"name": "tiny", "models": ["opt-tiny"]}
+
+
+def test_experiments_folder_is_not_empty():
+    assert {p.stem for p in EXPERIMENTS} >= {"smoke", "paper-hh-rlhf", "paper-ultrafeedback"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_shipped_experiment_validates_and_plans(path):
+    exp = load_experiment(path)
+    assert exp.name == path.stem  # the deployment name is the file name
+    lines = plan_lines(exp)
+    assert len(lines) == len(expand_cells(exp)) + 2  # header + cells + total
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_shipped_experiment_has_a_deployment(path):
+    prefect_yaml = yaml.safe_load((path.parents[1] / "prefect.yaml").read_text())
+    names = {d["name"]: d["parameters"]["experiment_file"] for d in prefect_yaml["deployments"]}
+    assert names.get(path.stem) == f"experiments/{path.name}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({**MINIMAL, "orpo_lamda": [0.1]}, "orpo_lamda"),  # misspelt key
+        ({**MINIMAL, "orpo_lambdas": [-0.5]}, "orpo_lambdas"),
+        ({**MINIMAL, "dpo_betas": [0]}, "dpo_betas"),
+        ({**MINIMAL, "methods": ["dpo"]}, "sft"),  # dpo starts from sft
+        ({**MINIMAL, "sft": {"lr": 1e-5, "epochs": 1, "batch_sise": 8}}, "sft.batch_sise"),
+        ({**MINIMAL, "resources": {"zero_stage": 4}}, "resources.zero_stage"),
+        ({**MINIMAL, "data": {"source": "hh-rlhf"}}, "data.path"),
+        ({**MINIMAL, "name": "Bad Name"}, "name"),
+        ({"name": "x"}, "models"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_field(raw, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_experiment(raw, "test.yaml")
+
+
+def test_paper_defaults_when_unset():
+    exp = parse_experiment(MINIMAL)
+    assert (exp.sft.lr, exp.sft.epochs) == (1e-5, 1)
+    assert (exp.dpo.lr, exp.dpo.epochs, exp.dpo_betas) == (5e-6, 3, [0.1])
+    assert (exp.orpo.lr, exp.orpo.epochs) == (8e-6, 10)
+    assert exp.nll_scope == "response" and exp.resources.zero_stage == 3
+
+
+def test_cells_follow_their_dependencies():
+    exp = parse_experiment({**MINIMAL, "orpo_lambdas": [0.1, 1.0], "seeds": [0, 1],
+                            "pretrain": {"lr": 1e-3, "epochs": 1},
+                            "eval": {"rm_model": "opt-small"}})
+    cells = expand_cells(exp)
+    ids = [c.id for c in cells]
+    assert len(ids) == len(set(ids))
+    for i, cell in enumerate(cells):
+        assert all(ids.index(dep) < i for dep in cell.depends_on)
+    by_id = {c.id: c for c in cells}
+    assert by_id["dpo-opt-tiny-b0.1-s1"].depends_on == ["sft-opt-tiny-s1"]
+    assert by_id["orpo-opt-tiny-l1-s0"].depends_on == ["pretrain-opt-tiny-s0"]
+    # the judge is trained once per data set, on its own (pretrained) size
+    assert [c.id for c in cells if c.stage == "rm"] == ["rm-opt-small-s0"]
+    assert by_id["rm-opt-small-s0"].depends_on == ["pretrain-opt-small-s0"]
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    exp = load_experiment(path, ["orpo_lambdas=[0.2, 0.3]", "eval.temperature=0.7"])
+    assert exp.orpo_lambdas == [0.2, 0.3] and exp.eval.temperature == 0.7
+    with pytest.raises(ConfigError, match="eval.temperature"):
+        load_experiment(path, ["eval.temperature=-1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_experiment(path, ["orpo_lambdas"])
+
+
+def test_plan_cli_exit_codes(tmp_path, capsys):
+    assert main(["plan", str(EXPERIMENTS[0])]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodels: [opt-tiny]\norpo_lambdas: oops\n")
+    assert main(["plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "orpo_lambdas" in err and "bad.yaml" in err
+    assert main(["plan", str(tmp_path / "missing.yaml")]) == 2
+    assert not list(tmp_path.glob("runs")), "plan must write nothing"
