@@ -14,7 +14,15 @@ from typing import Any
 from prefect import allow_failure, flow, get_client, get_run_logger
 
 from orpo import tracking
-from orpo.config import Experiment, cell_id, expand_cells, load_experiment
+from orpo.config import (
+    DpoBeta,
+    Experiment,
+    Method,
+    OrpoLambda,
+    cell_id,
+    expand_cells,
+    load_experiment,
+)
 from tasks.common import flow_run_info
 from tasks.data import prepare_data_task
 from tasks.evaluate import generate_task, judge_quality_task, judge_task
@@ -35,13 +43,31 @@ def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:
 @flow(name="orpo-ablation", log_prints=True)
 def orpo_ablation(
     experiment_file: str = "experiments/smoke.yaml",
+    orpo_lambdas: list[OrpoLambda] | None = None,
+    dpo_betas: list[DpoBeta] | None = None,
+    seeds: list[int] | None = None,
+    models: list[str] | None = None,
+    methods: list[Method] | None = None,
     overrides: dict[str, Any] | None = None,
     fail_cells: dict[str, int] | None = None,
 ) -> str:
-    """Run an experiment grid. `overrides` maps dotted experiment keys to values;
+    """Run an experiment grid.
+
+    The grid knobs are typed parameters, so a Prefect server rejects a bad value (say a
+    negative orpo_lambda) before it creates the flow run; `overrides` maps any other dotted
+    experiment key to a value, validated by the experiment schema before any task runs.
     `fail_cells` (testing) injects a NaN loss at the given step of the named cells."""
     logger = get_run_logger()
-    args = overrides_to_args(overrides)
+    knobs = {
+        "orpo_lambdas": orpo_lambdas,
+        "dpo_betas": dpo_betas,
+        "seeds": seeds,
+        "models": models,
+        "methods": methods,
+    }
+    args = overrides_to_args(
+        {**(overrides or {}), **{k: v for k, v in knobs.items() if v is not None}}
+    )
     exp = load_experiment(experiment_file, args)  # a bad file or override fails here, first
     cells = expand_cells(exp)
     logger.info("experiment %s: %d cells", exp.name, len(cells))

@@ -12,14 +12,17 @@ cosine decay, best checkpoint by eval loss.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["sft", "dpo", "orpo"]
+# Constraints as types, so that they also appear in JSON schemas (Prefect validates deployment
+# parameters against the flow's schema on the server, before a flow run is created).
+OrpoLambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+DpoBeta = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Stage = Literal["pretrain", "sft", "dpo", "orpo", "rm"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # Prefect deployment names and artifact keys accept these
 
@@ -123,8 +126,8 @@ class Experiment(Strict):
     data: DataConfig = DataConfig()
     models: list[str] = Field(min_length=1, description="presets (opt-tiny...) or hub ids/paths")
     methods: list[Method] = Field(["sft", "dpo", "orpo"], min_length=1)
-    orpo_lambdas: list[float] = Field([0.1], min_length=1)
-    dpo_betas: list[float] = Field([0.1], min_length=1)
+    orpo_lambdas: list[OrpoLambda] = Field([0.1], min_length=1)
+    dpo_betas: list[DpoBeta] = Field([0.1], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     nll_scope: Literal["response", "full"] = Field(
         "response", description="tokens in ORPO/SFT NLL: response only, or prompt too (TRL)"
@@ -143,20 +146,6 @@ class Experiment(Strict):
     def _unique(cls, values: list) -> list:
         if len(set(values)) != len(values):
             raise ValueError(f"duplicate entries in {values}")
-        return values
-
-    @field_validator("orpo_lambdas")
-    @classmethod
-    def _lambdas_non_negative(cls, values: list[float]) -> list[float]:
-        if any(v < 0 or not math.isfinite(v) for v in values):
-            raise ValueError("every orpo_lambda must be a finite number >= 0")
-        return values
-
-    @field_validator("dpo_betas")
-    @classmethod
-    def _betas_positive(cls, values: list[float]) -> list[float]:
-        if any(v <= 0 or not math.isfinite(v) for v in values):
-            raise ValueError("every dpo_beta must be a finite number > 0")
         return values
 
     @model_validator(mode="after")

@@ -80,7 +80,7 @@ class RewardModelJudge:
         self.batch_size = batch_size
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
-        self.name = f"{REWARD_MODEL}:{label or _label_of(model_dir)}"
+        self.name = f"{REWARD_MODEL}:{label or model_label(model_dir)}"
 
     @torch.no_grad()
     def score(self, examples: list[PreferenceExample], responses: list[str]) -> np.ndarray:
@@ -106,10 +106,11 @@ class RewardModelJudge:
         return rewards
 
 
-def _label_of(model_dir: str | Path) -> str:
+def model_label(model_dir: str | Path) -> str:
+    """The rm cell's id for `runs/<exp>/cells/<cell_id>/model`, else the path or hub id."""
     path = Path(model_dir)
     if path.name == "model" and path.parent.parent.name == "cells":
-        return path.parent.name  # runs/<exp>/cells/<cell_id>/model -> the rm cell's id
+        return path.parent.name
     return str(model_dir)
 
 

@@ -31,8 +31,22 @@ def log_ratio_rows(
 ) -> list[dict]:
     """One row per pair that fits: {pair_id, logp_chosen, logp_rejected, log_prob_ratio,
     log_odds_ratio} (mean log-probs over response tokens, EOS included)."""
-    model = load_model(model_dir).eval()
+    model = load_model(model_dir)
     tokenizer = load_tokenizer(str(model_dir))
+    return model_log_ratio_rows(model, tokenizer, pairs, max_length, max_prompt_length, batch_size)
+
+
+def model_log_ratio_rows(
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: list[PreferenceExample],
+    max_length: int,
+    max_prompt_length: int,
+    batch_size: int = 32,
+) -> list[dict]:
+    """`log_ratio_rows` for a model already in memory."""
+    was_training = model.training
+    model.eval()
     encoded, _ = encode_pairs(tokenizer, pairs, max_length, max_prompt_length)
     rows = []
     with torch.no_grad():
@@ -46,4 +60,5 @@ def log_ratio_rows(
                                          log_odds.tolist(), strict=True):
                 rows.append({"pair_id": pair.example_id, "logp_chosen": w, "logp_rejected": lo,
                              "log_prob_ratio": w - lo, "log_odds_ratio": odds})
+    model.train(was_training)
     return rows

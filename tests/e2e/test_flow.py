@@ -1,0 +1,134 @@
+"""The orpo-ablation flow on a micro grid under prefect_test_harness: every stage real."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.e2e
+
+MICRO = {
+    "name": "micro",
+    "data": {"source": "synthetic", "synthetic": {"n_train": 48, "n_eval": 16, "n_test": 6},
+             "max_length": 40, "max_prompt_length": 20, "tokenizer_vocab_size": 300},
+    "models": ["opt-tiny"],
+    "methods": ["sft", "dpo", "orpo"],
+    "orpo_lambdas": [0.5],
+    "seeds": [0],
+    **{stage: {"lr": 1e-3, "epochs": 1, "batch_size": 8, "max_steps": 3, "eval_every": 3}
+       for stage in ("sft", "dpo", "orpo", "rm")},
+    "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "judge": "reward-model",
+             "rm_model": "opt-tiny", "n_bootstrap": 200, "embedder": "hashing"},
+    "resources": {"procs_per_cell": 1, "max_parallel_cells": 2, "retries": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("home")
+    saved = dict(os.environ)
+    os.environ["ORPO_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
+    path = home / "micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO))
+    with prefect_test_harness(server_startup_timeout=90):
+        yield home, str(path)
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def child_runs(home, parent_id):
+    client = MlflowClient(f"sqlite:///{home}/mlflow.db")
+    exp = client.get_experiment_by_name("micro")
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {r.data.tags["orpo.cell_id"]: r for r in runs}
+
+
+def parent_runs(home):
+    client = MlflowClient(f"sqlite:///{home}/mlflow.db")
+    exp = client.get_experiment_by_name("micro")
+    runs = client.search_runs([exp.experiment_id], "tags.`orpo.experiment_file` != ''",
+                              order_by=["attributes.start_time ASC"])
+    return runs
+
+
+def test_first_run_trains_every_cell_and_reports(env):
+    from flows.ablation import orpo_ablation
+
+    home, path = env
+    html = orpo_ablation(experiment_file=path)
+    assert html.endswith("reports/micro/index.html") and os.path.isfile(html)
+    parent = parent_runs(home)[-1]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"]
+    children = child_runs(home, parent.info.run_id)
+    assert set(children) == {"rm-opt-tiny-s0", "sft-opt-tiny-s0", "dpo-opt-tiny-b0.1-s0",
+                             "orpo-opt-tiny-l0.5-s0"}
+    for run in children.values():
+        assert "train/loss" in run.data.metrics and run.data.tags["orpo.cell_key"]
+    results = home / "runs" / "micro" / "results"
+    win_rates = pd.read_parquet(results / "win_rates.parquet")
+    assert {"sft", "dpo"} <= set(win_rates.method_b)
+    cells = pd.read_parquet(results / "cells.parquet")
+    assert set(cells.status) == {"completed"}
+
+
+def test_second_run_trains_nothing(env):
+    from flows.ablation import orpo_ablation
+
+    home, path = env
+    before = {p: p.stat().st_mtime for p in (home / "runs/micro/cells").glob("*/result.json")}
+    orpo_ablation(experiment_file=path)
+    parent = parent_runs(home)[-1]
+    children = child_runs(home, parent.info.run_id)
+    assert len(children) == 4
+    for run in children.values():  # every cell reused, none trained
+        assert run.data.tags.get("orpo.cached_from_run")
+        assert "train/loss" not in run.data.metrics
+    after = {p: p.stat().st_mtime for p in (home / "runs/micro/cells").glob("*/result.json")}
+    assert before == after
+
+
+def test_changed_lambda_trains_only_its_cell(env):
+    from flows.ablation import orpo_ablation
+
+    home, path = env
+    orpo_ablation(experiment_file=path, overrides={"orpo_lambdas": [0.2]})
+    children = child_runs(home, parent_runs(home)[-1].info.run_id)
+    trained = {cid for cid, run in children.items() if "orpo.cached_from_run" not in run.data.tags}
+    assert trained == {"orpo-opt-tiny-l0.2-s0"}
+
+
+def test_failed_cell_leaves_the_others_and_is_reported(env):
+    from flows.ablation import orpo_ablation
+
+    home, path = env
+    bad = "orpo-opt-tiny-l0.7-s0"
+    html = orpo_ablation(experiment_file=path, overrides={"orpo_lambdas": [0.5, 0.7]},
+                         fail_cells={bad: 2})
+    parent = parent_runs(home)[-1]
+    assert parent.info.status == "FAILED"
+    children = child_runs(home, parent.info.run_id)
+    assert children[bad].info.status == "FAILED"
+    assert all(r.info.status == "FINISHED" for c, r in children.items() if c != bad)
+    failure = json.loads((home / "runs/micro/cells" / bad / "failure.json").read_text())
+    assert "step 2" in failure["error"]
+    cells = pd.read_parquet(home / "runs/micro/results/cells.parquet").set_index("cell_id")
+    assert cells.loc[bad, "status"] == "failed" and "step 2" in cells.loc[bad, "error"]
+    assert bad in open(html).read()
+
+
+def test_bad_override_is_rejected_before_anything_runs(env):
+    from flows.ablation import orpo_ablation
+    from orpo.config import ConfigError
+
+    home, path = env
+    n_parents = len(parent_runs(home))
+    with pytest.raises(ConfigError, match="orpo_lambdas"):
+        orpo_ablation(experiment_file=path, overrides={"orpo_lambdas": [-1]})
+    assert len(parent_runs(home)) == n_parents
