@@ -39,6 +39,8 @@ def _env(prefect_port: int) -> dict[str, str]:
     env["PREFECT_API_URL"] = f"http://{HOST}:{prefect_port}/api"
     env.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
     env.setdefault("HF_HUB_OFFLINE", "1")
+    # prefect.yaml's pull step changes into the code checkout (not ORPO_HOME, the data home)
+    env.setdefault("ORPO_REPO", str(Path(__file__).resolve().parents[1]))
     return env
 
 

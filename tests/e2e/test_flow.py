@@ -8,22 +8,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.e2e
+from tests.micro import MICRO
 
-MICRO = {
-    "name": "micro",
-    "data": {"source": "synthetic", "synthetic": {"n_train": 48, "n_eval": 16, "n_test": 6},
-             "max_length": 40, "max_prompt_length": 20, "tokenizer_vocab_size": 300},
-    "models": ["opt-tiny"],
-    "methods": ["sft", "dpo", "orpo"],
-    "orpo_lambdas": [0.5],
-    "seeds": [0],
-    **{stage: {"lr": 1e-3, "epochs": 1, "batch_size": 8, "max_steps": 3, "eval_every": 3}
-       for stage in ("sft", "dpo", "orpo", "rm")},
-    "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "judge": "reward-model",
-             "rm_model": "opt-tiny", "n_bootstrap": 200, "embedder": "hashing"},
-    "resources": {"procs_per_cell": 1, "max_parallel_cells": 2, "retries": 0},
-}
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +39,11 @@ def child_runs(home, parent_id):
 def parent_runs(home):
     client = MlflowClient(f"sqlite:///{home}/mlflow.db")
     exp = client.get_experiment_by_name("micro")
-    runs = client.search_runs([exp.experiment_id], "tags.`orpo.experiment_file` != ''",
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [exp.experiment_id],
+        "tags.`orpo.experiment_file` != ''",
+        order_by=["attributes.start_time ASC"],
+    )
     return runs
 
 
@@ -67,8 +57,12 @@ def test_first_run_trains_every_cell_and_reports(env):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["prefect.flow_run_id"]
     children = child_runs(home, parent.info.run_id)
-    assert set(children) == {"rm-opt-tiny-s0", "sft-opt-tiny-s0", "dpo-opt-tiny-b0.1-s0",
-                             "orpo-opt-tiny-l0.5-s0"}
+    assert set(children) == {
+        "rm-opt-tiny-s0",
+        "sft-opt-tiny-s0",
+        "dpo-opt-tiny-b0.1-s0",
+        "orpo-opt-tiny-l0.5-s0",
+    }
     for run in children.values():
         assert "train/loss" in run.data.metrics and run.data.tags["orpo.cell_key"]
     results = home / "runs" / "micro" / "results"
@@ -109,8 +103,9 @@ def test_failed_cell_leaves_the_others_and_is_reported(env):
 
     home, path = env
     bad = "orpo-opt-tiny-l0.7-s0"
-    html = orpo_ablation(experiment_file=path, overrides={"orpo_lambdas": [0.5, 0.7]},
-                         fail_cells={bad: 2})
+    html = orpo_ablation(
+        experiment_file=path, overrides={"orpo_lambdas": [0.5, 0.7]}, fail_cells={bad: 2}
+    )
     parent = parent_runs(home)[-1]
     assert parent.info.status == "FAILED"
     children = child_runs(home, parent.info.run_id)
