@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
@@ -10,6 +13,20 @@ from orpo.config import Experiment, cell_id
 from orpo.evaluation.collect import evaluate_cell, judge_cell, judge_quality
 from tasks.common import load
 from tasks.train import training_slots
+
+
+@contextmanager
+def torch_threads(exp: Experiment):
+    """Share the cores with the cells training beside us (2 threads each is much slower on a
+    busy 2-core machine than 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // exp.resources.max_parallel_cells))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def reward_model_dir(exp: Experiment) -> str | None:
@@ -24,7 +41,8 @@ def reward_model_dir(exp: Experiment) -> str | None:
 def generate_task(experiment_file: str, overrides: list[str], cell_id: str) -> str:
     exp = load(experiment_file, overrides)
     with concurrency(training_slots(exp.name), occupy=1):  # generation is as CPU-hungry
-        out = evaluate_cell(exp, cell_id)
+        with torch_threads(exp):
+            out = evaluate_cell(exp, cell_id)
     get_run_logger().info("%s: samples in %s", cell_id, out)
     return str(out)
 
@@ -32,7 +50,8 @@ def generate_task(experiment_file: str, overrides: list[str], cell_id: str) -> s
 @task(name="judge", task_run_name="judge-{cell_id}")
 def judge_task(experiment_file: str, overrides: list[str], cell_id: str) -> str:
     exp = load(experiment_file, overrides)
-    out = judge_cell(exp, cell_id, exp.eval.judge, reward_model_dir(exp))
+    with torch_threads(exp):
+        out = judge_cell(exp, cell_id, exp.eval.judge, reward_model_dir(exp))
     get_run_logger().info("%s: judged by %s -> %s", cell_id, exp.eval.judge, out)
     return str(out)
 

@@ -11,6 +11,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from orpo import paths, tracking
 from orpo.evaluation.collect import collect_results
+from orpo.evaluation.mlflow_log import cell_metrics, log_eval_metrics
 from orpo.report.render import render_report
 from tasks.common import flow_run_info, load
 
@@ -35,14 +36,18 @@ def report_task(experiment_file: str, overrides: list[str], parent_run_id: str) 
     exp = load(experiment_file, overrides)
     experiment_id = tracking.ensure_experiment(exp.name)
     info = flow_run_info()
-    results, cell_metrics = collect_results(
+    cell_runs = _cell_run_ids(exp.name)
+    results = collect_results(
         exp,
         meta_extra={
             "prefect_flow_run_url": info.get("prefect.flow_run_url"),
             "mlflow_parent_run_url": run_url(parent_run_id, experiment_id),
+            "cell_run_urls": {cid: run_url(rid, experiment_id) for cid, rid in cell_runs.items()},
         },
     )
-    _log_cell_metrics(exp.name, cell_metrics)
+    for cid, metrics in cell_metrics(results).items():  # evaluation metrics on each cell's run
+        if metrics and cid in cell_runs:
+            log_eval_metrics(cell_runs[cid], metrics)
     html = render_report(results, paths.report_path(exp.name))
     sink = tracking.MlflowSink(parent_run_id)
     sink.log_artifact(html, "report")
@@ -53,17 +58,14 @@ def report_task(experiment_file: str, overrides: list[str], parent_run_id: str) 
     return str(html)
 
 
-def _log_cell_metrics(experiment: str, cell_metrics: dict[str, dict[str, float]]) -> None:
-    """Evaluation metrics go to each cell's own (latest) MLflow run."""
-    for cid, metrics in cell_metrics.items():
-        job_path = paths.cell_dir(experiment, cid) / "job.json"
-        if not metrics or not job_path.is_file():
-            continue
+def _cell_run_ids(experiment: str) -> dict[str, str]:
+    """Each cell's latest MLflow run (its job.json carries the id it logged to)."""
+    runs = {}
+    for job_path in sorted((paths.runs_dir(experiment) / "cells").glob("*/job.json")):
         run_id = json.loads(job_path.read_text()).get("mlflow_run_id")
         if run_id:
-            sink = tracking.MlflowSink(run_id)
-            sink.log_metrics(0, metrics)
-            sink.flush()
+            runs[job_path.parent.name] = run_id
+    return runs
 
 
 def _publish_prefect_artifacts(

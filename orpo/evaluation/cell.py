@@ -113,8 +113,9 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
     the path of samples.jsonl. Skipped when an earlier run had the same key."""
     spec = find_cell(exp, cell)
     if spec.stage not in POLICY_STAGES:
-        raise ValueError(f"cell {cell}: only policy cells {POLICY_STAGES} are evaluated, "
-                         f"not {spec.stage!r}")
+        raise ValueError(
+            f"cell {cell}: only policy cells {POLICY_STAGES} are evaluated, not {spec.stage!r}"
+        )
     out = paths.cell_dir(exp.name, cell)
     model_dir = out / "model"
     if not model_dir.is_dir():
@@ -145,8 +146,9 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
     )  # fmt: skip
     generation_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    ratios = model_log_ratio_rows(model, tokenizer, examples, exp.data.max_length,
-                                  exp.data.max_prompt_length)
+    ratios = model_log_ratio_rows(
+        model, tokenizer, examples, exp.data.max_length, exp.data.max_prompt_length
+    )
     logratio_seconds = time.perf_counter() - started
     write_rows(rows, samples)
     write_rows(ratios, logratios)
@@ -172,9 +174,13 @@ def _resolve_rm_dir(exp: Experiment, judge_spec: str, rm_model_dir) -> Path | No
 
 
 def _load(exp: Experiment, judge_spec: str, rm_model_dir: Path | None):
-    return load_judge(judge_spec, rm_model_dir, batch_size=max(exp.eval.batch_size, 32),
-                      max_length=exp.data.max_length,
-                      max_prompt_length=exp.data.max_prompt_length)
+    return load_judge(
+        judge_spec,
+        rm_model_dir,
+        batch_size=max(exp.eval.batch_size, 32),
+        max_length=exp.data.max_length,
+        max_prompt_length=exp.data.max_prompt_length,
+    )
 
 
 def judge_cell(
@@ -187,10 +193,15 @@ def judge_cell(
     samples_path = paths.cell_dir(exp.name, cell) / SAMPLES_FILE
     if not samples_path.is_file():
         raise FileNotFoundError(f"cell {cell}: no {SAMPLES_FILE} (run evaluate_cell first)")
-    key = _key({"samples": hash_files([samples_path]), "judge": judge_spec,
-                "judge_version": _judge_version(judge_spec, rm_dir),
-                "max_length": exp.data.max_length,
-                "max_prompt_length": exp.data.max_prompt_length})
+    key = _key(
+        {
+            "samples": hash_files([samples_path]),
+            "judge": judge_spec,
+            "judge_version": _judge_version(judge_spec, rm_dir),
+            "max_length": exp.data.max_length,
+            "max_prompt_length": exp.data.max_prompt_length,
+        }
+    )
     done = _read_json(out.with_suffix(".json"))
     if done and done.get("key") == key and out.is_file():
         return out
@@ -199,23 +210,30 @@ def judge_cell(
     samples = read_rows(samples_path)
     started = time.perf_counter()
     rewards = judge.score([by_id[s["prompt_id"]] for s in samples], [s["text"] for s in samples])
-    rows = [{"prompt_id": s["prompt_id"], "sample_index": s["sample_index"], "reward": float(r)}
-            for s, r in zip(samples, rewards, strict=True)]
+    rows = [
+        {"prompt_id": s["prompt_id"], "sample_index": s["sample_index"], "reward": float(r)}
+        for s, r in zip(samples, rewards, strict=True)
+    ]
     write_rows(rows, out)
-    _write_json(out.with_suffix(".json"), {"judge": judge.name, "key": key,
-                                           "seconds": time.perf_counter() - started})
+    _write_json(
+        out.with_suffix(".json"),
+        {"judge": judge.name, "key": key, "seconds": time.perf_counter() - started},
+    )
     return out
 
 
-def judge_quality(
-    exp: Experiment, judge_spec: str, rm_model_dir: str | Path | None = None
-) -> dict:
+def judge_quality(exp: Experiment, judge_spec: str, rm_model_dir: str | Path | None = None) -> dict:
     """The judge's agreement with the held-out (test) pairs, written to
     `runs/<exp>/judges/<judge>.json` and returned: {judge, agreement_heldout,
     agreement_oracle (None here: `collect_results` fills it from the generations), n_pairs}."""
     judge = _load(exp, judge_spec, _resolve_rm_dir(exp, judge_spec, rm_model_dir))
     pairs = read_jsonl(heldout_path(exp))
-    row = {"judge": judge.name, "agreement_heldout": agreement(judge, pairs),
-           "agreement_oracle": None, "n_pairs": len(pairs), "split": "test"}
+    row = {
+        "judge": judge.name,
+        "agreement_heldout": agreement(judge, pairs),
+        "agreement_oracle": None,
+        "n_pairs": len(pairs),
+        "split": "test",
+    }
     _write_json(judge_quality_path(exp, judge.name), row)
     return row

@@ -120,20 +120,29 @@ def generate_samples(
         )  # (B, T) each
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
         width = ids.shape[1]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed * 1_000_003 + start)
-            sampled = model.generate(**inputs, generation_config=sampled_cfg,
-                                     synced_gpus=synced_gpus)  # (B*k, T+G), rows prompt-major
-        greedy = model.generate(**inputs, generation_config=greedy_cfg,
-                                synced_gpus=synced_gpus)  # (B, T+G)
+            sampled = model.generate(
+                **inputs, generation_config=sampled_cfg, synced_gpus=synced_gpus
+            )  # (B*k, T+G), rows prompt-major
+        greedy = model.generate(
+            **inputs, generation_config=greedy_cfg, synced_gpus=synced_gpus
+        )  # (B, T+G)
         decoded_sampled = _decode_rows(tokenizer, sampled[:, width:].cpu())
         decoded_greedy = _decode_rows(tokenizer, greedy[:, width:].cpu())
         for i, example in enumerate(batch):
             answers = [*decoded_sampled[i * k : (i + 1) * k], decoded_greedy[i]]
             indices = [*range(k), GREEDY_SAMPLE_INDEX]
             for index, (text, n_tokens, finished) in zip(indices, answers, strict=True):
-                rows.append({"prompt_id": example.id, "sample_index": index, "text": text,
-                             "n_tokens": n_tokens, "finished": finished})
+                rows.append(
+                    {
+                        "prompt_id": example.id,
+                        "sample_index": index,
+                        "text": text,
+                        "n_tokens": n_tokens,
+                        "finished": finished,
+                    }
+                )
     model.train(was_training)
     return rows
 

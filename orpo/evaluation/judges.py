@@ -49,8 +49,9 @@ class OracleJudge:
 
     def score(self, examples: list[PreferenceExample], responses: list[str]) -> np.ndarray:
         _check_lengths(examples, responses)
-        return np.array([oracle_reward(ex.metadata, r) for ex, r in zip(examples, responses,
-                                                                       strict=True)])
+        return np.array(
+            [oracle_reward(ex.metadata, r) for ex, r in zip(examples, responses, strict=True)]
+        )
 
 
 class RewardModelJudge:
@@ -92,16 +93,16 @@ class RewardModelJudge:
                 ex = examples[i]
                 # The response goes in as "chosen": collate_chosen builds the training rows.
                 as_pair = PreferenceExample(ex.id, ex.prompt, responses[i], responses[i])
-                pair = encode_pair(self.tokenizer, as_pair, self.max_length,
-                                   self.max_prompt_length)
+                pair = encode_pair(self.tokenizer, as_pair, self.max_length, self.max_prompt_length)
                 if pair is not None:  # None: the prompt leaves no room; the reward stays NaN
                     pairs.append(pair)
                     rows.append(i)
             if not pairs:
                 continue
             batch = collate_chosen(pairs, self.tokenizer.pad_token_id)
-            logits = self.model(input_ids=batch["input_ids"],
-                                attention_mask=batch["attention_mask"]).logits  # (B, 1)
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits  # (B, 1)
             rewards[rows] = logits[:, 0].float().numpy()
         return rewards
 
@@ -131,14 +132,16 @@ def load_judge(
     sequence-classification reward model."""
     if spec == ORACLE:
         return OracleJudge()
-    lengths = dict(batch_size=batch_size, max_length=max_length,
-                   max_prompt_length=max_prompt_length)
+    lengths = dict(
+        batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length
+    )
     if spec == REWARD_MODEL:
         if rm_model_dir is None:
             raise ValueError("judge 'reward-model' needs rm_model_dir (the rm cell's model/)")
         if not Path(rm_model_dir).is_dir():
-            raise FileNotFoundError(f"reward model folder {rm_model_dir} does not exist "
-                                    "(train the rm cell first)")
+            raise FileNotFoundError(
+                f"reward model folder {rm_model_dir} does not exist (train the rm cell first)"
+            )
         return RewardModelJudge(rm_model_dir, **lengths)
     return RewardModelJudge(spec, label=spec, **lengths)
 

@@ -56,9 +56,17 @@ def model_log_ratio_rows(
             _, mean = pair_logps(model, batch)  # (B, 2): chosen, rejected
             chosen, rejected = mean[:, 0].double(), mean[:, 1].double()  # (B,)
             _, log_odds = odds_ratio_loss(chosen, rejected)  # (B,)
-            for pair, w, lo, odds in zip(chunk, chosen.tolist(), rejected.tolist(),
-                                         log_odds.tolist(), strict=True):
-                rows.append({"pair_id": pair.example_id, "logp_chosen": w, "logp_rejected": lo,
-                             "log_prob_ratio": w - lo, "log_odds_ratio": odds})
+            for pair, w, lo, odds in zip(
+                chunk, chosen.tolist(), rejected.tolist(), log_odds.tolist(), strict=True
+            ):
+                rows.append(
+                    {
+                        "pair_id": pair.example_id,
+                        "logp_chosen": w,
+                        "logp_rejected": lo,
+                        "log_prob_ratio": w - lo,
+                        "log_odds_ratio": odds,
+                    }
+                )
     model.train(was_training)
     return rows

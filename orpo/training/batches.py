@@ -42,26 +42,38 @@ def _texts(pairs: list[EncodedPair]) -> list[list[int]]:
     return [p.prompt_ids + r for p in pairs for r in (p.chosen_ids, p.rejected_ids)]
 
 
-def load_stage_data(stage: str, data_dir: str | Path, tokenizer, max_length: int,
-                    max_prompt_length: int) -> StageData:
+def load_stage_data(
+    stage: str, data_dir: str | Path, tokenizer, max_length: int, max_prompt_length: int
+) -> StageData:
     data_dir = Path(data_dir)
     encoded, stats = {}, {}
     for split in ("train", "eval"):
         examples = read_jsonl(data_dir / f"{split}.jsonl")
-        encoded[split], stats[split] = encode_pairs(tokenizer, examples, max_length,
-                                                    max_prompt_length)
+        encoded[split], stats[split] = encode_pairs(
+            tokenizer, examples, max_length, max_prompt_length
+        )
         if not encoded[split]:
-            raise ValueError(f"{data_dir / f'{split}.jsonl'}: no pair fits max_length={max_length}"
-                             f" ({stats[split].summary()})")
+            raise ValueError(
+                f"{data_dir / f'{split}.jsonl'}: no pair fits max_length={max_length}"
+                f" with max_prompt_length={max_prompt_length}"
+                f" ({stats[split].summary()}); raise data.max_length or lower"
+                " data.max_prompt_length"
+            )
     pad = tokenizer.pad_token_id
     if stage == "pretrain":
-        return StageData(_texts(encoded["train"]), _texts(encoded["eval"]),
-                         lambda items: collate_texts(items, pad), stats)
+        return StageData(
+            _texts(encoded["train"]),
+            _texts(encoded["eval"]),
+            lambda items: collate_texts(items, pad),
+            stats,
+        )
     if stage == "sft":
-        return StageData(encoded["train"], encoded["eval"],
-                         lambda items: collate_chosen(items, pad), stats)
-    return StageData(encoded["train"], encoded["eval"],
-                     lambda items: collate_pairs(items, pad), stats)
+        return StageData(
+            encoded["train"], encoded["eval"], lambda items: collate_chosen(items, pad), stats
+        )
+    return StageData(
+        encoded["train"], encoded["eval"], lambda items: collate_pairs(items, pad), stats
+    )
 
 
 def total_steps(n_items: int, epochs: float, global_batch: int, max_steps: int | None) -> int:
@@ -73,8 +85,7 @@ class Schedule:
     """Epoch-wise shuffled stream of example indices, cut into windows of
     batch_size * grad_accum * world_size; rank r takes micro-batch m's slice r."""
 
-    def __init__(self, n_items: int, batch_size: int, grad_accum: int, world_size: int,
-                 seed: int):
+    def __init__(self, n_items: int, batch_size: int, grad_accum: int, world_size: int, seed: int):
         self.n, self.batch_size, self.grad_accum = n_items, batch_size, grad_accum
         self.world_size, self.seed = world_size, seed
         self._perms: dict[int, list[int]] = {}
@@ -97,8 +108,9 @@ class Schedule:
         return out
 
 
-def shard_batches(n_items: int, batch_size: int, rank: int, world_size: int
-                  ) -> list[tuple[list[int], float]]:
+def shard_batches(
+    n_items: int, batch_size: int, rank: int, world_size: int
+) -> list[tuple[list[int], float]]:
     """Evaluation batches of this rank: (indices, weight). Every rank gets the same number of
     batches (ZeRO-3 forward passes are collective); a rank short of data repeats its first
     batch with weight 0."""
@@ -106,6 +118,6 @@ def shard_batches(n_items: int, batch_size: int, rank: int, world_size: int
     per_rank = math.ceil(math.ceil(n_items / world_size) / batch_size)
     batches = []
     for i in range(per_rank):
-        chunk = mine[i * batch_size:(i + 1) * batch_size]
+        chunk = mine[i * batch_size : (i + 1) * batch_size]
         batches.append((chunk, 1.0) if chunk else (mine[:batch_size] or [0], 0.0))
     return batches

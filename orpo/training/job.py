@@ -54,8 +54,16 @@ class CellJob(BaseModel):
 
     def training_params(self) -> dict:
         """What the cell logs as MLflow params: everything that shapes its training."""
-        return self.model_dump(exclude={"out_dir", "data_dir", "mlflow_run_id", "tracking_uri",
-                                        "ref_cache_dir", "fail_at_step"})
+        return self.model_dump(
+            exclude={
+                "out_dir",
+                "data_dir",
+                "mlflow_run_id",
+                "tracking_uri",
+                "ref_cache_dir",
+                "fail_at_step",
+            }
+        )
 
 
 def hash_files(paths: list[Path]) -> str:
@@ -76,9 +84,17 @@ def hash_dir(folder: str | Path, patterns=("*.safetensors", "*.json", "*.jsonl",
     return hash_files(files)
 
 
+# Scheduling knobs: how many cells share the machine, retries, threads, which hosts. They do not
+# change what a cell computes, so changing them must not retrain finished cells.
+_SCHEDULING_FIELDS = {"max_parallel_cells", "retries", "threads_per_proc", "hostfile"}
+
+
 def cell_key(job: CellJob) -> str:
     """Config + input checkpoint + data version: same key, same result."""
     payload = job.training_params()
+    payload["resources"] = {
+        k: v for k, v in payload["resources"].items() if k not in _SCHEDULING_FIELDS
+    }
     payload["data_version"] = hash_dir(job.data_dir)
     payload["init_version"] = hash_dir(job.init_from) if job.init_from else None
     payload.pop("init_from")  # the content hash above stands for it; paths may move

@@ -35,10 +35,30 @@ def launch_command(job_path: Path, procs: int, hostfile: str | None, port: int) 
     if hostfile:
         # The deepspeed launcher ssh-es into every host of the hostfile; it forwards only
         # MLFLOW*/PYTHON*/NCCL* variables (and those in ~/.deepspeed_env) to other nodes.
-        return ["deepspeed", "--hostfile", hostfile, "--num_gpus", str(procs),
-                "--master_port", str(port), "--module", "orpo.training.worker", str(job_path)]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-            "--master_addr", "127.0.0.1", "--master_port", str(port), *worker]
+        return [
+            "deepspeed",
+            "--hostfile",
+            hostfile,
+            "--num_gpus",
+            str(procs),
+            "--master_port",
+            str(port),
+            "--module",
+            "orpo.training.worker",
+            str(job_path),
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        *worker,
+    ]
 
 
 def launch_env(job: CellJob) -> dict[str, str]:
@@ -56,23 +76,43 @@ def launch_env(job: CellJob) -> dict[str, str]:
     return env
 
 
-def run_cell(job: CellJob, on_line: Callable[[str], None] = print,
-             job_path: Path | None = None) -> None:
+def run_cell(
+    job: CellJob, on_line: Callable[[str], None] = print, job_path: Path | None = None
+) -> None:
     """Run the job's processes to completion; raise CellFailed on a non-zero exit."""
     job_path = job_path or job.write()
-    cmd = launch_command(job_path, job.resources.procs_per_cell, job.resources.hostfile,
-                         free_port())
+    cmd = launch_command(
+        job_path, job.resources.procs_per_cell, job.resources.hostfile, free_port()
+    )
     on_line(f"launch: {' '.join(cmd)}")
     tail: deque[str] = deque(maxlen=30)
+    reason: str | None = None  # the worker's "[cell] FAILED: ..." line, if it printed one
+    launcher_report = False
     log_path = Path(job.out_dir) / "train.log"
-    with log_path.open("a") as log_file, subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env=launch_env(job), start_new_session=True,
-    ) as proc:
+    with (
+        log_path.open("a") as log_file,
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=launch_env(job),
+            start_new_session=True,
+        ) as proc,
+    ):
         try:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 log_file.write(line + "\n")
+                if reason is None and WORKER_FAILED in line:
+                    reason = line.strip()
+                # torchrun's report of a failed rank (its own traceback and a ChildFailedError
+                # box naming no cause) goes to train.log only: it would push the worker's
+                # error out of the tail and bury it in the forwarded output
+                launcher_report = launcher_report or TORCHRUN_FAILED in line
+                if launcher_report:
+                    continue
                 tail.append(line)
                 if _worth_forwarding(line):
                     on_line(line)
@@ -81,16 +121,37 @@ def run_cell(job: CellJob, on_line: Callable[[str], None] = print,
             _kill_group(proc)
             raise
     if code != 0:
-        reason = next((t for t in reversed(tail) if "FAILED" in t or "Error" in t), None)
-        raise CellFailed(f"cell {job.cell.id} exited with code {code}"
-                         + (f": {reason.strip()}" if reason else "")
-                         + f"\n--- last lines ({log_path}) ---\n" + "\n".join(tail))
+        reason = reason or next((t for t in reversed(tail) if "FAILED" in t or "Error" in t), None)
+        raise CellFailed(
+            f"cell {job.cell.id} exited with code {code}"
+            + (f": {reason.strip()}" if reason else "")
+            + f"\n--- last lines ({log_path}) ---\n"
+            + "\n".join(tail)
+        )
+
+
+WORKER_FAILED = "] FAILED: "  # orpo.training.worker's last words on an error
+TORCHRUN_FAILED = "failed (exitcode:"  # torchrun's first line about a failed rank
+
+_NOISY = (
+    "[INFO]",
+    "Loading weights",
+    "Writing model",
+    "real_accelerator.py",
+    "deepspeed_shm_comm_op built successfully",
+    # deepspeed.utils.zero_to_fp32 consolidating the best checkpoint (with tqdm bars)
+    "Processing zero checkpoint",
+    "Parsing checkpoint created by",
+    "Loading checkpoint shards",
+    "Detected checkpoint of type",
+    "Gathering sharded weights",
+    "Reconstructed Trainable",
+)
 
 
 def _worth_forwarding(line: str) -> bool:
     """DeepSpeed and transformers are chatty; forward our lines, warnings and errors."""
-    noisy = ("[INFO]", "Loading weights", "Writing model", "real_accelerator.py")
-    return bool(line.strip()) and not any(n in line for n in noisy)
+    return bool(line.strip()) and not any(n in line for n in _NOISY)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -5,6 +5,7 @@ and `log` (progress lines)."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +24,11 @@ from orpo.training.objectives import (
 )
 
 PER_TOKEN_STATS = {"nll"}
+
+KILL_AT_STEP_ENV = "ORPO_TEST_KILL_AT_STEP"
+"""Test hook: when this environment variable equals N, every rank exits abruptly
+(`os._exit(1)`, no clean-up) right after optimizer step N's metrics are logged, as a crash
+would; the kill-and-resume test uses it. Never set it outside tests."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -59,8 +65,16 @@ class LoopState:
     resumed_from: int | None = None
 
     def client_state(self) -> dict:
-        keys = ("step", "best_eval_loss", "best_step", "forward_passes", "eval_forward_passes",
-                "tokens", "train_seconds", "last_train_loss")
+        keys = (
+            "step",
+            "best_eval_loss",
+            "best_step",
+            "forward_passes",
+            "eval_forward_passes",
+            "tokens",
+            "train_seconds",
+            "last_train_loss",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -68,7 +82,7 @@ def _reduce(engine, stats: dict[str, float], extra: list[float]) -> tuple[dict, 
     keys = sorted(stats)
     values = torch.tensor([stats[k] for k in keys] + extra, dtype=torch.float64)
     values = engine.all_reduce_sum(values)
-    return dict(zip(keys, values[: len(keys)].tolist(), strict=True)), values[len(keys):].tolist()
+    return dict(zip(keys, values[: len(keys)].tolist(), strict=True)), values[len(keys) :].tolist()
 
 
 def _means(sums: dict[str, float], norms: Norms, prefix: str) -> dict[str, float]:
@@ -77,19 +91,29 @@ def _means(sums: dict[str, float], norms: Norms, prefix: str) -> dict[str, float
         if key == "loss":
             out[f"{prefix}/loss"] = value
         else:
-            out[f"{prefix}/{key}"] = value / (norms.tokens if key in PER_TOKEN_STATS
-                                              else norms.examples)
+            out[f"{prefix}/{key}"] = value / (
+                norms.tokens if key in PER_TOKEN_STATS else norms.examples
+            )
     return out
 
 
-def evaluate(engine, data: StageData, cfg: ObjectiveConfig, ref_eval, batch_size: int
-             ) -> tuple[dict[str, float], int]:
+def evaluate(
+    engine, data: StageData, cfg: ObjectiveConfig, ref_eval, batch_size: int
+) -> tuple[dict[str, float], int]:
     """Eval loss over the whole eval set (normalised over all of it) + its stats."""
     objective = OBJECTIVES[cfg.stage]
     batches = shard_batches(len(data.eval), batch_size, engine.rank, engine.world_size)
     collated = [(data.batch(data.eval, idx), w) for idx, w in batches]
-    counts = torch.tensor([[nll_tokens(b, cfg.stage, cfg.nll_scope) * w,
-                            n_examples(b, cfg.stage) * w] for b, w in collated]).sum(0).tolist()
+    counts = (
+        torch.tensor(
+            [
+                [nll_tokens(b, cfg.stage, cfg.nll_scope) * w, n_examples(b, cfg.stage) * w]
+                for b, w in collated
+            ]
+        )
+        .sum(0)
+        .tolist()
+    )
     _, (tokens, examples) = _reduce(engine, {}, counts)
     norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
     sums: dict[str, float] = {}
@@ -109,15 +133,23 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def run_loop(engine, data: StageData, obj_cfg: ObjectiveConfig, cfg: LoopConfig, sink,
-             log: Callable[[str], None], ref_logps: dict | None = None,
-             progress: Callable[[int, dict], None] | None = None) -> LoopState:
+def run_loop(
+    engine,
+    data: StageData,
+    obj_cfg: ObjectiveConfig,
+    cfg: LoopConfig,
+    sink,
+    log: Callable[[str], None],
+    ref_logps: dict | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> LoopState:
     """Train for cfg.total_steps optimizer steps, resuming from the last checkpoint if any."""
     objective = OBJECTIVES[obj_cfg.stage]
     ref_train = ref_logps["train"] if ref_logps else None
     ref_eval = ref_logps["eval"] if ref_logps else None
-    schedule = Schedule(len(data.train), cfg.batch_size, cfg.grad_accum, engine.world_size,
-                        cfg.seed)
+    schedule = Schedule(
+        len(data.train), cfg.batch_size, cfg.grad_accum, engine.world_size, cfg.seed
+    )
     state = LoopState()
     if cfg.ckpt_dir is not None and (cfg.ckpt_dir / "latest").is_file():
         restored = engine.load(cfg.ckpt_dir)
@@ -132,18 +164,20 @@ def run_loop(engine, data: StageData, obj_cfg: ObjectiveConfig, cfg: LoopConfig,
     while state.step < cfg.total_steps:
         t0 = time.perf_counter()
         step = state.step + 1  # 1-based, as logged
-        micro_batches = [data.batch(data.train, idx)
-                         for idx in schedule.window(state.step, engine.rank)]
-        local = [sum(nll_tokens(b, obj_cfg.stage, obj_cfg.nll_scope) for b in micro_batches),
-                 sum(n_examples(b, obj_cfg.stage) for b in micro_batches),
-                 sum(int(b["attention_mask"].sum()) for b in micro_batches)]
+        micro_batches = [
+            data.batch(data.train, idx) for idx in schedule.window(state.step, engine.rank)
+        ]
+        local = [
+            sum(nll_tokens(b, obj_cfg.stage, obj_cfg.nll_scope) for b in micro_batches),
+            sum(n_examples(b, obj_cfg.stage) for b in micro_batches),
+            sum(int(b["attention_mask"].sum()) for b in micro_batches),
+        ]
         _, (tokens, examples, seen_tokens) = _reduce(engine, {}, local)
         norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
         sums: dict[str, float] = {}
         for i, batch in enumerate(micro_batches):
             ref = ref_train[batch["indices"]] if ref_train is not None else None
-            loss, stats = objective(engine.forward, _to(batch, engine.device), norms, obj_cfg,
-                                    ref)
+            loss, stats = objective(engine.forward, _to(batch, engine.device), norms, obj_cfg, ref)
             if cfg.fail_at_step == step:
                 loss = loss * float("nan")
                 stats["loss"] = loss.detach()
@@ -155,6 +189,7 @@ def run_loop(engine, data: StageData, obj_cfg: ObjectiveConfig, cfg: LoopConfig,
         sums, _ = _reduce(engine, sums, [])
         if not math.isfinite(sums["loss"]):  # same total on every rank: all stop together
             raise NonFiniteLoss(step, sums["loss"])
+        lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
         engine.step()  # the boundary step applies the update only once the loss is known finite
         elapsed = time.perf_counter() - t0
         state.step = step
@@ -163,8 +198,13 @@ def run_loop(engine, data: StageData, obj_cfg: ObjectiveConfig, cfg: LoopConfig,
         state.train_seconds += elapsed
         state.last_train_loss = sums["loss"]
         metrics = _means(sums, norms, "train")
-        metrics.update({"train/lr": engine.lr(), "train/grad_norm": engine.grad_norm(),
-                        "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9)})
+        metrics.update(
+            {
+                "train/lr": lr,
+                "train/grad_norm": engine.grad_norm(),
+                "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9),
+            }
+        )
         if step % cfg.eval_every == 0 or step == cfg.total_steps:
             eval_metrics, n_fwd = evaluate(engine, data, obj_cfg, ref_eval, cfg.eval_batch_size)
             state.eval_forward_passes += n_fwd * engine.world_size
@@ -173,12 +213,16 @@ def run_loop(engine, data: StageData, obj_cfg: ObjectiveConfig, cfg: LoopConfig,
                 state.best_eval_loss, state.best_step = eval_metrics["eval/loss"], step
                 if cfg.ckpt_dir is not None:  # the paper keeps the best checkpoint by eval loss
                     engine.save(cfg.ckpt_dir, "best", state.client_state(), latest=False)
-        if cfg.ckpt_dir is not None and (step % cfg.checkpoint_every == 0
-                                         or step == cfg.total_steps):
+        sink.log_metrics(step, metrics)  # before the checkpoint: a resume drops lines after it
+        if cfg.ckpt_dir is not None and (
+            step % cfg.checkpoint_every == 0 or step == cfg.total_steps
+        ):
             _save_step_checkpoint(engine, cfg.ckpt_dir, state)
-        sink.log_metrics(step, metrics)
+            sink.flush()  # buffered metrics up to the checkpoint survive a crash after it
         if progress is not None:
             progress(step, metrics)
+        if os.environ.get(KILL_AT_STEP_ENV) == str(step):
+            os._exit(1)  # test hook (see KILL_AT_STEP_ENV): a crash, nothing flushed or closed
     sink.flush()
     return state
 

@@ -14,6 +14,8 @@ import resource
 import shutil
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +27,14 @@ from orpo.training.engine import DeepSpeedEngine
 from orpo.training.job import CellJob, cell_key, hash_dir
 from orpo.training.loop import LoopConfig, NonFiniteLoss, run_loop
 from orpo.training.objectives import ObjectiveConfig, pair_logps
+
+# torch deprecates the collectives DeepSpeed's ZeRO-3 calls on every step; without this filter
+# each step adds two FutureWarning lines to the cell's log.
+warnings.filterwarnings(
+    "ignore",
+    category=FutureWarning,
+    message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",
+)
 
 
 def resolve_tokenizer(job: CellJob):
@@ -91,16 +101,21 @@ def make_progress(total: int, rank: int, log):
 
         def update(step, metrics):
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                            tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}"
+            )
+
         return update
     every = max(1, total // 20)
 
     def line(step, metrics):
         if step % every == 0 or step == total:
             extra = f" eval/loss={metrics['eval/loss']:.4f}" if "eval/loss" in metrics else ""
-            log(f"step {step}/{total} loss={metrics['train/loss']:.4f}{extra} "
-                f"tokens/s={metrics['train/tokens_per_s']:.0f}")
+            log(
+                f"step {step}/{total} loss={metrics['train/loss']:.4f}{extra} "
+                f"tokens/s={metrics['train/tokens_per_s']:.0f}"
+            )
+
     return line
 
 
@@ -114,21 +129,26 @@ def train(job: CellJob) -> dict:
             print(f"[{job.cell.id}] {message}", flush=True)
 
     tokenizer = resolve_tokenizer(job)
-    data = load_stage_data(job.cell.stage, job.data_dir, tokenizer, job.max_length,
-                           job.max_prompt_length)
+    data = load_stage_data(
+        job.cell.stage, job.data_dir, tokenizer, job.max_length, job.max_prompt_length
+    )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     optim = job.optim
-    steps = total_steps(len(data.train), optim.epochs, optim.batch_size * optim.grad_accum * world,
-                        optim.max_steps)
+    steps = total_steps(
+        len(data.train), optim.epochs, optim.batch_size * optim.grad_accum * world, optim.max_steps
+    )
     init = job.init_from or job.model
     kind = model_kind(job)
-    model = build_model(init, tokenizer, kind=kind, seed=job.cell.seed,
-                        trust_remote_code=job.trust_remote_code)
+    model = build_model(
+        init, tokenizer, kind=kind, seed=job.cell.seed, trust_remote_code=job.trust_remote_code
+    )
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
     engine = DeepSpeedEngine(model, optim, job.resources, steps)
-    log(f"{job.cell.stage} on {job.model}: {len(data.train)} train / {len(data.eval)} eval items, "
+    log(
+        f"{job.cell.stage} on {job.model}: {len(data.train)} train / {len(data.eval)} eval items, "
         f"{steps} steps, {world} process(es), ZeRO-{job.resources.zero_stage}, "
-        f"{engine.precision} on {engine.device_type}")
+        f"{engine.precision} on {engine.device_type}"
+    )
     sink = NullSink()
     if rank == 0:
         sinks = [JsonlSink(out / "metrics.jsonl")]
@@ -141,35 +161,65 @@ def train(job: CellJob) -> dict:
     if job.cell.stage == "dpo":
         ref, cache_hit = reference_logps(engine, data, job, log)
         if not cache_hit:
-            ref_passes = sum(len(shard_batches(len(items), 16, 0, world)) * world
-                             for items in (data.train, data.eval))
-    obj_cfg = ObjectiveConfig(stage=job.cell.stage, nll_scope=job.nll_scope,
-                              orpo_lambda=job.cell.orpo_lambda, dpo_beta=job.cell.dpo_beta)
+            ref_passes = sum(
+                len(shard_batches(len(items), 16, 0, world)) * world
+                for items in (data.train, data.eval)
+            )
+    obj_cfg = ObjectiveConfig(
+        stage=job.cell.stage,
+        nll_scope=job.nll_scope,
+        orpo_lambda=job.cell.orpo_lambda,
+        dpo_beta=job.cell.dpo_beta,
+    )
     ckpt_dir = out / "checkpoints"
-    loop_cfg = LoopConfig(total_steps=steps, batch_size=optim.batch_size,
-                          grad_accum=optim.grad_accum, eval_every=optim.eval_every,
-                          checkpoint_every=optim.checkpoint_every, seed=job.cell.seed,
-                          ckpt_dir=ckpt_dir, fail_at_step=job.fail_at_step)
-    state = run_loop(engine, data, obj_cfg, loop_cfg, sink, log, ref,
-                     make_progress(steps, rank, log))
+    loop_cfg = LoopConfig(
+        total_steps=steps,
+        batch_size=optim.batch_size,
+        grad_accum=optim.grad_accum,
+        eval_every=optim.eval_every,
+        checkpoint_every=optim.checkpoint_every,
+        seed=job.cell.seed,
+        ckpt_dir=ckpt_dir,
+        fail_at_step=job.fail_at_step,
+    )
+    state = run_loop(
+        engine, data, obj_cfg, loop_cfg, sink, log, ref, make_progress(steps, rank, log)
+    )
     model_dir = out / "model"
-    engine.export(ckpt_dir, "best",
-                  build_model=lambda: build_model(init, tokenizer, kind=kind, seed=0,
-                                                  trust_remote_code=job.trust_remote_code),
-                  save=lambda m: save_model(m, tokenizer, model_dir))
+    engine.export(
+        ckpt_dir,
+        "best",
+        build_model=lambda: build_model(
+            init, tokenizer, kind=kind, seed=0, trust_remote_code=job.trust_remote_code
+        ),
+        save=lambda m: save_model(m, tokenizer, model_dir),
+    )
     rss = max(engine.all_gather_object(peak_rss_mb()))
     result = {
-        "cell_id": job.cell.id, "stage": job.cell.stage, "model": job.model,
-        "orpo_lambda": job.cell.orpo_lambda, "dpo_beta": job.cell.dpo_beta,
-        "seed": job.cell.seed, "key": cell_key(job), "status": "completed", "steps": state.step,
-        "best_step": state.best_step, "best_eval_loss": state.best_eval_loss,
-        "final_train_loss": state.last_train_loss, "resumed_from": state.resumed_from,
+        "cell_id": job.cell.id,
+        "stage": job.cell.stage,
+        "model": job.model,
+        "orpo_lambda": job.cell.orpo_lambda,
+        "dpo_beta": job.cell.dpo_beta,
+        "seed": job.cell.seed,
+        "key": cell_key(job),
+        "status": "completed",
+        "steps": state.step,
+        "best_step": state.best_step,
+        "best_eval_loss": state.best_eval_loss,
+        "final_train_loss": state.last_train_loss,
+        "resumed_from": state.resumed_from,
         "forward_passes": state.forward_passes + ref_passes,
-        "reference_forward_passes": ref_passes, "eval_forward_passes": state.eval_forward_passes,
-        "tokens": state.tokens, "train_seconds": state.train_seconds,
-        "wall_seconds": time.time() - started, "peak_rss_mb": rss,
-        "used_reference_cache": cache_hit, "world_size": world,
-        "zero_stage": job.resources.zero_stage, "precision": engine.precision,
+        "reference_forward_passes": ref_passes,
+        "eval_forward_passes": state.eval_forward_passes,
+        "tokens": state.tokens,
+        "train_seconds": state.train_seconds,
+        "wall_seconds": time.time() - started,
+        "peak_rss_mb": rss,
+        "used_reference_cache": cache_hit,
+        "world_size": world,
+        "zero_stage": job.resources.zero_stage,
+        "precision": engine.precision,
         "parameters": n_params,
         "truncation": {k: vars(v) for k, v in data.truncation.items()},
         "model_dir": str(model_dir),
@@ -183,8 +233,17 @@ def train(job: CellJob) -> dict:
 
 def _write_outputs(out: Path, ds_config: dict, result: dict, sink) -> None:
     (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-    totals = {f"cell/{k}": result[k] for k in ("forward_passes", "tokens", "wall_seconds",
-                                               "peak_rss_mb", "best_eval_loss", "train_seconds")}
+    totals = {
+        f"cell/{k}": result[k]
+        for k in (
+            "forward_passes",
+            "tokens",
+            "wall_seconds",
+            "peak_rss_mb",
+            "best_eval_loss",
+            "train_seconds",
+        )
+    }
     sink.log_metrics(result["steps"], totals)
     sink.flush()
     tmp = out / "result.json.tmp"
@@ -201,11 +260,17 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m orpo.training.worker JOB.json", file=sys.stderr)
         return 2
     job = CellJob.read(args[0])
+    # "[cell] FAILED: ..." is the line the launcher quotes in CellFailed (torchrun's own
+    # ChildFailedError report names no cause).
     try:
         train(job)
     except NonFiniteLoss as err:
         print(f"[{job.cell.id}] FAILED: {err}", file=sys.stderr, flush=True)
         return 3
+    except Exception as err:
+        traceback.print_exc()
+        print(f"[{job.cell.id}] FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

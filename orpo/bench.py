@@ -1,0 +1,360 @@
+"""`orpo bench`: what a training step costs, per method, model size and engine.
+
+For each method (sft, dpo, orpo) and model (by default the smallest and the largest preset) it
+measures seconds per optimizer step, tokens/s, forward passes per step and peak memory (RSS) for
+
+- ZeRO-3 with 1 and with 2 processes, launched for real (pipeline.train_cell -> torchrun ->
+  worker), start-up excluded: the figures come from the worker's result.json
+  (train_seconds / steps; evaluation, checkpoints and consolidation are not in train_seconds);
+- plain torch in one process (TorchEngine + run_loop, no launcher, no checkpoints): the floor.
+  It runs in a fresh spawned interpreter per cell so that its peak RSS is its own.
+
+The global batch is the same everywhere (2 processes run half the micro-batch each). Writes
+`bench.json` and the markdown table `bench.md` into `out_dir`. A benchmark, not a test: the
+figures depend on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+METHODS = ("sft", "dpo", "orpo")
+GLOBAL_BATCH = 16  # pairs per optimizer step
+DATA = {
+    "source": "synthetic",
+    "synthetic": {"n_train": 256, "n_eval": 32, "n_test": 8},
+    "max_length": 48,
+    "max_prompt_length": 24,
+    "tokenizer_vocab_size": 384,
+}
+LR = {"sft": 1e-3, "dpo": 2e-4, "orpo": 1e-3}
+ENGINES = (("zero3", 1), ("zero3", 2), ("torch", 1))
+
+
+def _experiment(name: str, models, steps: int, procs: int):
+    from orpo.config import parse_experiment
+
+    def optim(method: str) -> dict:
+        return {
+            "lr": LR[method],
+            "epochs": 100,
+            "batch_size": GLOBAL_BATCH // procs,
+            "grad_accum": 1,
+            "eval_every": 10**6,
+            "checkpoint_every": 10**6,
+            "max_steps": steps,
+        }
+
+    return parse_experiment(
+        {
+            "name": name,
+            "description": "orpo bench",
+            "data": DATA,
+            "models": list(models),
+            "methods": list(METHODS),
+            "orpo_lambdas": [0.1],
+            "dpo_betas": [0.1],
+            "seeds": [0],
+            **{m: optim(m) for m in METHODS},
+            "eval": {"judge": "oracle"},
+            "resources": {"procs_per_cell": procs, "max_parallel_cells": 1, "zero_stage": 3},
+        },
+        f"orpo bench ({name})",
+    )
+
+
+@contextmanager
+def _project_home(folder: Path):
+    previous = os.environ.get("ORPO_HOME")
+    os.environ["ORPO_HOME"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ORPO_HOME", None)
+        else:
+            os.environ["ORPO_HOME"] = previous
+
+
+def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict:
+    steps = max(1, result["steps"])
+    train_passes = result["forward_passes"] - result.get("reference_forward_passes", 0)
+    return {
+        "model": model,
+        "method": method,
+        "engine": engine,
+        "procs": procs,
+        "parameters": result.get("parameters"),
+        "steps": result["steps"],
+        "seconds_per_step": result["train_seconds"] / steps,
+        "tokens_per_s": result["tokens"] / max(result["train_seconds"], 1e-9),
+        "forward_passes_per_step": train_passes / steps,  # summed over processes
+        "reference_forward_passes": result.get("reference_forward_passes", 0),
+        "peak_rss_mb": result["peak_rss_mb"],  # per process (the largest rank's)
+        "wall_seconds": result.get("wall_seconds"),
+        # other processes on the machine slow every figure down, badly so for OpenMP threads
+        # that spin-wait on shared cores: the 1-minute load average when the cell finished
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def _floor_child(job_json: str, threads: int, queue) -> None:
+    """Plain torch, in this (spawned) process: same data, model, objective and loop."""
+    try:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        torch.set_num_threads(threads)
+        hf_logging.disable_progress_bar()  # "Loading weights" bars of the DPO init model
+        from orpo.models import build_model, count_parameters
+        from orpo.tracking import NullSink
+        from orpo.training.batches import load_stage_data, total_steps
+        from orpo.training.engine import TorchEngine
+        from orpo.training.job import CellJob
+        from orpo.training.loop import LoopConfig, run_loop
+        from orpo.training.objectives import ObjectiveConfig
+        from orpo.training.worker import (
+            model_kind,
+            peak_rss_mb,
+            reference_logps,
+            resolve_tokenizer,
+        )
+
+        started = time.time()
+        job = CellJob.model_validate_json(job_json)
+        tokenizer = resolve_tokenizer(job)
+        data = load_stage_data(
+            job.cell.stage, job.data_dir, tokenizer, job.max_length, job.max_prompt_length
+        )
+        optim = job.optim
+        steps = total_steps(
+            len(data.train), optim.epochs, optim.batch_size * optim.grad_accum, optim.max_steps
+        )
+        model = build_model(
+            job.init_from or job.model, tokenizer, kind=model_kind(job), seed=job.cell.seed
+        )
+        n_params = count_parameters(model)
+        engine = TorchEngine(model, optim, job.resources, steps)
+        ref, ref_passes = None, 0
+        if job.cell.stage == "dpo":
+            ref, _ = reference_logps(engine, data, job, log=lambda message: None)
+            ref_passes = sum(-(-len(items) // 16) for items in (data.train, data.eval))
+        obj_cfg = ObjectiveConfig(
+            stage=job.cell.stage,
+            nll_scope=job.nll_scope,
+            orpo_lambda=job.cell.orpo_lambda,
+            dpo_beta=job.cell.dpo_beta,
+        )
+        loop_cfg = LoopConfig(
+            total_steps=steps,
+            batch_size=optim.batch_size,
+            grad_accum=optim.grad_accum,
+            eval_every=optim.eval_every,
+            checkpoint_every=optim.checkpoint_every,
+            seed=job.cell.seed,
+            ckpt_dir=None,
+        )
+        state = run_loop(engine, data, obj_cfg, loop_cfg, NullSink(), lambda message: None, ref)
+        queue.put(
+            {
+                "steps": state.step,
+                "train_seconds": state.train_seconds,
+                "tokens": state.tokens,
+                "forward_passes": state.forward_passes + ref_passes,
+                "reference_forward_passes": ref_passes,
+                "peak_rss_mb": peak_rss_mb(),
+                "parameters": n_params,
+                "wall_seconds": time.time() - started,
+            }
+        )
+    except Exception as err:  # reported by the parent, which carries on with other cells
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def _run_floor(job, threads: int) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_floor_child, args=(job.model_dump_json(), threads, queue))
+    proc.start()
+    try:
+        result = queue.get(timeout=3600)
+    finally:
+        proc.join(timeout=60)
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result
+
+
+def _fmt(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_table(report: dict) -> str:
+    s = report["settings"]
+    m = report["machine"]
+    lines = [
+        "# orpo bench",
+        "",
+        f"{m['cpus']} CPUs ({m['processor'] or m['machine']}), torch {m['torch']}, "
+        f"deepspeed {m['deepspeed']}, fp32 on CPU; {s['steps']} optimizer steps per cell, "
+        f"global batch {s['global_batch']} pairs, max_length {s['max_length']}. "
+        "ZeRO-3 figures exclude start-up (train_seconds / steps from result.json); forward "
+        "passes are summed over processes; DPO's reference log-probs are computed once per "
+        "cell (then cached), counted in 'ref fwd', not per step; peak RSS is per process; "
+        "'load' is the machine's 1-minute load average when the cell finished (above the "
+        "CPU count, other work was competing and the row is slower than the machine can do).",
+        "",
+        "| model | params | method | engine | procs | s/step | tokens/s | fwd/step | ref fwd "
+        "| peak RSS MB | vs torch | load |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    floors = {
+        (r["model"], r["method"]): r
+        for r in report["rows"]
+        if r["engine"] == "torch" and "error" not in r
+    }
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['model']} | - | {r['method']} | {r['engine']} | {r['procs']} | "
+                f"failed: {r['error'][:80]} | | | | | | |"
+            )
+            continue
+        floor = floors.get((r["model"], r["method"]))
+        ratio = (
+            f"{r['seconds_per_step'] / floor['seconds_per_step']:.2f}x"
+            if floor and floor["seconds_per_step"] > 0
+            else "-"
+        )
+        params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
+        engine = "ZeRO-3" if r["engine"] == "zero3" else "plain torch"
+        lines.append(
+            f"| {r['model']} | {params} | {r['method']} | {engine} | {r['procs']} | "
+            f"{r['seconds_per_step']:.3f} | {_fmt(r['tokens_per_s'])} | "
+            f"{r['forward_passes_per_step']:g} | {r['reference_forward_passes']} | "
+            f"{_fmt(r['peak_rss_mb'])} | {ratio} | {r.get('load_avg_1m', '-')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> dict:
+    import deepspeed
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium")) -> Path:
+    """Measure every (model, method, engine) cell; write bench.json and bench.md into out_dir
+    and return the path of bench.md."""
+    from orpo import paths
+    from orpo.config import cell_id, expand_cells
+    from orpo.data.prepare import prepare_data
+    from orpo.pipeline import make_job, train_cell
+    from orpo.training.launch import CellFailed
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # cells, models and data in a fresh folder (a finished cell would be cached, not re-run);
+    # removed afterwards unless a cell failed (its train.log tells why)
+    work = Path(tempfile.mkdtemp(prefix="orpo-bench-"))
+    models = list(models)
+    report = {
+        "settings": {
+            "steps": steps,
+            "models": models,
+            "methods": list(METHODS),
+            "global_batch": GLOBAL_BATCH,
+            "max_length": DATA["max_length"],
+            "data": DATA,
+        },
+        "machine": _machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": [],
+    }
+    total = len(models) * len(METHODS) * len(ENGINES)
+    done = 0
+    began = time.time()
+
+    def record(row: dict) -> None:
+        nonlocal done
+        done += 1
+        report["rows"].append(row)
+        if "error" in row:
+            text = f"FAILED: {row['error'].splitlines()[0]}"
+        else:
+            text = (
+                f"{row['seconds_per_step']:.3f} s/step, {row['tokens_per_s']:,.0f} tokens/s, "
+                f"{row['forward_passes_per_step']:g} fwd/step, "
+                f"peak RSS {row['peak_rss_mb']:,.0f} MB"
+            )
+        print(
+            f"[bench {done}/{total}, {time.time() - began:.0f} s] {row['model']} {row['method']} "
+            f"{row['engine']} x{row['procs']}: {text}",
+            flush=True,
+        )
+        (out_dir / "bench.json").write_text(json.dumps(report, indent=2))  # partial results too
+
+    with _project_home(work):
+        for engine, procs in ENGINES:
+            exp = _experiment(f"bench-{engine}-{procs}p", models, steps, procs)
+            prepare_data(exp, paths.data_dir(exp.name))
+            for model in models:
+                failed: set[str] = set()
+                for method in METHODS:
+                    cell = next(
+                        c for c in expand_cells(exp) if c.model == model and c.stage == method
+                    )
+                    base = {"model": model, "method": method, "engine": engine, "procs": procs}
+                    if method == "dpo" and "sft" in failed:
+                        record({**base, "error": "its SFT cell failed"})
+                        continue
+                    job = make_job(exp, cell)
+                    try:
+                        if engine == "torch":
+                            if method == "dpo":  # start from the 1-process ZeRO-3 SFT model
+                                source = paths.cell_dir("bench-zero3-1p", cell_id("sft", model, 0))
+                                job = job.model_copy(update={"init_from": str(source / "model")})
+                            result = _run_floor(job, threads=max(1, os.cpu_count() or 1))
+                        else:
+                            result = train_cell(job, on_line=lambda line: None)
+                        record({**base, **_row(model, method, engine, procs, result)})
+                    except (CellFailed, RuntimeError, FileNotFoundError) as err:
+                        failed.add(method)
+                        record({**base, "error": str(err)})
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if any("error" in r for r in report["rows"]):
+        print(f"some cells failed: their folders are kept in {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    report["rows"].sort(
+        key=lambda r: (
+            models.index(r["model"]),
+            METHODS.index(r["method"]),
+            r["engine"] != "torch",
+            r["procs"],
+        )
+    )
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    table = out_dir / "bench.md"
+    table.write_text(render_table(report))
+    print(table.read_text(), flush=True)
+    return table
