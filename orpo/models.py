@@ -16,6 +16,7 @@ functions guarantee a dedicated pad token; `build_model` grows the embeddings to
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -191,9 +192,9 @@ def build_model(
                 AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
             )
             extra = {"num_labels": 1} if kind == "reward" else {}
-            model = auto_class.from_pretrained(
+            model = _from_pretrained(
+                auto_class,
                 resolve_model_name(name_or_path),
-                use_safetensors=True,
                 trust_remote_code=trust_remote_code,
                 dtype=dtype,
                 **extra,
@@ -245,9 +246,18 @@ def load_model(
 ) -> PreTrainedModel:
     """Reload a model written by `save_model` (safetensors only). Tokenizer: `load_tokenizer`."""
     auto_class = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
-    return auto_class.from_pretrained(
-        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
-    )
+    return _from_pretrained(auto_class, str(path), trust_remote_code=trust_remote_code, dtype=dtype)
+
+
+# transformers' loading is not thread-safe: two models loaded at once in one process (Prefect
+# runs tasks in threads) came back with `lm_head.weight` "MISSING, newly initialized" instead of
+# tied to the embeddings, i.e. a random output layer. Loads are serialised here.
+_LOAD_LOCK = threading.Lock()
+
+
+def _from_pretrained(auto_class, name_or_path: str, **kwargs) -> PreTrainedModel:
+    with _LOAD_LOCK:
+        return auto_class.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -161,3 +161,29 @@ def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = No
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri or default_tracking_uri()).set_terminated(run_id, status)
+
+
+def download_latest_results(experiment: str, dest: Path) -> Path | None:
+    """The `results/` artifacts (tidy tables + meta.json) of the experiment's latest parent
+    run, downloaded into `dest`; None when MLflow has none."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(default_tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        "tags.`orpo.experiment_file` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    for run in runs:
+        if any(a.path == "results" for a in client.list_artifacts(run.info.run_id)):
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            client.download_artifacts(run.info.run_id, "results", str(dest))
+            return dest / "results"
+    return None

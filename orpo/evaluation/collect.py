@@ -362,17 +362,21 @@ def collect_results(exp: Experiment, meta_extra: dict | None = None) -> Path:
 
 
 def rerender_report(experiment: str) -> Path:
-    """Re-render `reports/<exp>/index.html` from `runs/<exp>/results/` (no training, no
-    evaluation). `experiment` is an experiment name or its YAML file."""
+    """Re-render `reports/<exp>/index.html` without training or evaluating: from the results
+    tables logged to the experiment's latest MLflow parent run, else from `runs/<exp>/results/`.
+    `experiment` is an experiment name or its YAML file."""
     from orpo.report.render import render_report
+    from orpo.tracking import download_latest_results
 
     name = experiment
     if experiment.endswith((".yaml", ".yml")) or Path(experiment).is_file():
         name = load_experiment(experiment).name
-    results = paths.results_dir(name)
+    results = download_latest_results(name, paths.runs_dir(name) / "results-from-mlflow")
+    if results is None:
+        results = paths.results_dir(name)
     if not (results / META_FILE).is_file():
         raise FileNotFoundError(
-            f"no results for experiment {name!r} at {results}: run the "
+            f"no results for experiment {name!r} in MLflow or at {results}: run the "
             "experiment (or its evaluation) first"
         )
     return render_report(results, paths.report_path(name))

@@ -10,7 +10,8 @@ at EOS; texts are decoded with `skip_special_tokens`.
 
 Determinism: every batch re-seeds torch's global generator (inside `fork_rng`, so the caller's
 RNG state is untouched) from (`seed`, batch start), so the same model, prompts, `seed` and
-`batch_size` give the same texts on every run.
+`batch_size` give the same texts on every run, also when several threads generate at once
+(seeding and sampling hold one process-wide lock).
 
 Under DeepSpeed ZeRO-3 pass `engine.module` as the model; with several ranks pass
 `synced_gpus=True` and give every rank the same number of batches (the forward passes are
@@ -20,6 +21,7 @@ collective: a rank that stops early would leave the others waiting).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ from orpo.data.schema import PreferenceExample, read_jsonl
 from orpo.data.tokenize import encode_prompt
 from orpo.models import load_model, load_tokenizer
 
+_SAMPLING_LOCK = threading.Lock()
 GREEDY_SAMPLE_INDEX = -1  # the contract's sample_index of the greedy answer
 
 
@@ -120,7 +123,12 @@ def generate_samples(
         )  # (B, T) each
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
         width = ids.shape[1]
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # The global generator is process-wide: two threads sampling at once would draw from
+        # each other's seeded stream, so seeding + sampling is one critical section.
+        with (
+            _SAMPLING_LOCK,
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        ):
             torch.manual_seed(seed * 1_000_003 + start)
             sampled = model.generate(
                 **inputs, generation_config=sampled_cfg, synced_gpus=synced_gpus

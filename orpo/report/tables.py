@@ -30,8 +30,9 @@ POOLED_SEED = -1  # win_rates.seed for a row pooled over every seed
 GREEDY_SAMPLE_INDEX = -1  # samples.sample_index for the greedy answer
 
 # Metric names exactly as logged to MLflow; the report reads these from curves.parquet.
-METRIC_LOGP_CHOSEN = "train/logp_chosen"
-METRIC_LOGP_REJECTED = "train/logp_rejected"
+# held-out log-probs, logged at every eval for every method (SFT included: Fig. 3)
+METRIC_LOGP_CHOSEN = "eval/logp_chosen"
+METRIC_LOGP_REJECTED = "eval/logp_rejected"
 
 REQUIRED_META_KEYS = ("experiment", "data_source", "judge", "models")
 

@@ -30,6 +30,8 @@ class StageData:
     eval: list
     collate: Callable[[list], dict[str, torch.Tensor]]
     truncation: dict[str, TruncationStats] = field(default_factory=dict)
+    # SFT trains on chosen rows only; its eval also needs rejected log-probs (paper Fig. 3)
+    pair_collate: Callable[[list], dict[str, torch.Tensor]] | None = None
 
     def batch(self, items: list, indices: list[int]) -> dict[str, torch.Tensor]:
         batch = self.collate([items[i] for i in indices])
@@ -69,7 +71,11 @@ def load_stage_data(
         )
     if stage == "sft":
         return StageData(
-            encoded["train"], encoded["eval"], lambda items: collate_chosen(items, pad), stats
+            encoded["train"],
+            encoded["eval"],
+            lambda items: collate_chosen(items, pad),
+            stats,
+            pair_collate=lambda items: collate_pairs(items, pad),
         )
     return StageData(
         encoded["train"], encoded["eval"], lambda items: collate_pairs(items, pad), stats

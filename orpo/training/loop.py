@@ -21,6 +21,7 @@ from orpo.training.objectives import (
     ObjectiveConfig,
     n_examples,
     nll_tokens,
+    pair_logps,
 )
 
 PER_TOKEN_STATS = {"nll"}
@@ -122,11 +123,16 @@ def evaluate(
         for batch, weight in collated:
             ref = ref_eval[batch["indices"]] if ref_eval is not None else None
             _, stats = objective(engine.forward, _to(batch, engine.device), norms, cfg, ref)
+            if data.pair_collate is not None:  # one more pass: rejected log-probs under SFT
+                pairs = data.pair_collate([data.eval[i] for i in batch["indices"].tolist()])
+                _, mean_logps = pair_logps(engine.forward, _to(pairs, engine.device))  # (B, 2)
+                stats["logp_chosen"], stats["logp_rejected"] = mean_logps.sum(0)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
     engine.train(True)
     sums, _ = _reduce(engine, sums, [])
-    return _means(sums, norms, "eval"), len(collated)
+    passes = len(collated) * (2 if data.pair_collate is not None else 1)
+    return _means(sums, norms, "eval"), passes
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

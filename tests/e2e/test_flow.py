@@ -72,6 +72,21 @@ def test_first_run_trains_every_cell_and_reports(env):
     assert set(cells.status) == {"completed"}
 
 
+def test_report_rerenders_from_mlflow_without_training(env):
+    import shutil
+
+    from orpo.cli import main
+
+    home, _ = env
+    report = home / "reports/micro/index.html"
+    shutil.rmtree(home / "runs/micro/results")  # the tables now exist only in MLflow
+    report.unlink()
+    cells_before = sorted((home / "runs/micro/cells").glob("*/result.json"))
+    assert main(["report", "micro"]) == 0
+    assert report.is_file() and 'id="headline"' in report.read_text()
+    assert sorted((home / "runs/micro/cells").glob("*/result.json")) == cells_before
+
+
 def test_second_run_trains_nothing(env):
     from flows.ablation import orpo_ablation
 

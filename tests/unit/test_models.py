@@ -217,3 +217,23 @@ def test_load_tokenizer_adds_pad_when_pad_is_eos_and_build_model_resizes(tmp_pat
     with torch.no_grad():
         logits = model(**_batch(original, ["apple", "The answer is 42."])).logits
     assert logits.shape[-1] == vocab + 1
+
+
+def test_loads_from_several_threads_keep_the_output_layer_tied(tokenizer, tmp_path):
+    """Regression: Prefect runs tasks in threads; concurrent `from_pretrained` calls returned
+    models whose lm_head was "MISSING, newly initialized" (random) instead of tied."""
+    import threading
+
+    save_model(build_model("opt-tiny", tokenizer, seed=0), tokenizer, tmp_path / "m")
+    tied: list[bool] = []
+
+    def load() -> None:
+        model = load_model(tmp_path / "m")
+        tied.append(torch.equal(model.lm_head.weight, model.get_input_embeddings().weight))
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tied == [True] * 6

@@ -46,7 +46,7 @@ def _logp_per_lambda(results: Results) -> Safe:
         return missing
     uri = plots.logp_per_lambda(results.curves, results.meta.models)
     if uri is None:
-        return note("No ORPO training curves (train/logp_chosen, train/logp_rejected) logged.")
+        return note("No ORPO curves (eval/logp_chosen, eval/logp_rejected) logged.")
     return figure(
         uri,
         "ORPO chosen and rejected log-probs over training per lambda",

@@ -19,11 +19,11 @@ def render(results: Results) -> Safe:
     curves = results.curves
     uri = plots.training_dynamics(curves, results.meta.models, policy_variants(curves))
     if uri is None:
-        return note("No train/logp_chosen or train/logp_rejected curves were logged.")
+        return note("No eval/logp_chosen or eval/logp_rejected curves were logged.")
     return figure(
         uri,
         "Chosen and rejected log-probs over training per method",
-        "a row per model size, a column per method; blue is the chosen response's mean "
+        "held-out pairs, logged at every eval step; a row per model size, a column per method; blue is the chosen response's mean "
         "log-prob per token, red the rejected one's, averaged over seeds. The paper's finding: "
         "under SFT the rejected log-prob rises with the chosen one, ORPO keeps it down.",
     )
