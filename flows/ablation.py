@@ -23,6 +23,7 @@ from orpo.config import (
     expand_cells,
     load_experiment,
 )
+from orpo.training.launch import install_cleanup
 from tasks.common import flow_run_info
 from tasks.data import prepare_data_task
 from tasks.evaluate import generate_task, judge_quality_task, judge_task
@@ -30,6 +31,7 @@ from tasks.report import report_task
 from tasks.train import train_cell_task, training_slots
 
 POLICY_STAGES = ("sft", "dpo", "orpo")
+install_cleanup()  # a cancelled flow run (SIGTERM) also stops the DeepSpeed processes it started
 
 
 def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:

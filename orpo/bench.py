@@ -119,10 +119,11 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
         from orpo.training.batches import load_stage_data, total_steps
         from orpo.training.engine import TorchEngine
         from orpo.training.job import CellJob
-        from orpo.training.loop import LoopConfig, run_loop
-        from orpo.training.objectives import ObjectiveConfig
+        from orpo.training.loop import run_loop
         from orpo.training.worker import (
+            loop_config,
             model_kind,
+            objective_config,
             peak_rss_mb,
             reference_logps,
             resolve_tokenizer,
@@ -147,21 +148,8 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
         if job.cell.stage == "dpo":
             ref, _ = reference_logps(engine, data, job, log=lambda message: None)
             ref_passes = sum(-(-len(items) // 16) for items in (data.train, data.eval))
-        obj_cfg = ObjectiveConfig(
-            stage=job.cell.stage,
-            nll_scope=job.nll_scope,
-            orpo_lambda=job.cell.orpo_lambda,
-            dpo_beta=job.cell.dpo_beta,
-        )
-        loop_cfg = LoopConfig(
-            total_steps=steps,
-            batch_size=optim.batch_size,
-            grad_accum=optim.grad_accum,
-            eval_every=optim.eval_every,
-            checkpoint_every=optim.checkpoint_every,
-            seed=job.cell.seed,
-            ckpt_dir=None,
-        )
+        obj_cfg = objective_config(job)
+        loop_cfg = loop_config(job, steps, ckpt_dir=None)
         state = run_loop(engine, data, obj_cfg, loop_cfg, NullSink(), lambda message: None, ref)
         queue.put(
             {

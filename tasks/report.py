@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from orpo import paths, tracking
 from orpo.evaluation.collect import collect_results
-from orpo.evaluation.mlflow_log import cell_metrics, log_eval_metrics
+from orpo.evaluation.mlflow_log import cell_metrics, log_eval_artifacts, log_eval_metrics
 from orpo.report.render import render_report
 from tasks.common import flow_run_info, load
 
@@ -48,6 +48,9 @@ def report_task(experiment_file: str, overrides: list[str], parent_run_id: str) 
     for cid, metrics in cell_metrics(results).items():  # evaluation metrics on each cell's run
         if metrics and cid in cell_runs:
             log_eval_metrics(cell_runs[cid], metrics)
+            cell = paths.cell_dir(exp.name, cid)
+            files = [cell / "samples.jsonl", cell / "logratios.jsonl", *cell.glob("rewards/*")]
+            log_eval_artifacts(cell_runs[cid], files)  # skips files that do not exist
     html = render_report(results, paths.report_path(exp.name))
     sink = tracking.MlflowSink(parent_run_id)
     sink.log_artifact(html, "report")

@@ -8,6 +8,7 @@ synthetic suite stores what its oracle needs there). JSONL is the on-disk form.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,18 +44,27 @@ class PreferenceExample:
         )
 
 
-def write_jsonl(examples: list[PreferenceExample], path: str | Path) -> Path:
-    """Write atomically (tmp file then rename) so a crash never leaves half a file."""
+def write_rows(rows: Iterable[dict], path: str | Path) -> Path:
+    """JSONL, one object per line, written atomically (tmp file then rename) so a crash never
+    leaves half a file. The project's one JSONL writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
 
 
-def read_jsonl(path: str | Path) -> list[PreferenceExample]:
+def read_rows(path: str | Path) -> list[dict]:
     with Path(path).open(encoding="utf-8") as f:
-        return [PreferenceExample.from_dict(json.loads(line)) for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(examples: list[PreferenceExample], path: str | Path) -> Path:
+    return write_rows((ex.to_dict() for ex in examples), path)
+
+
+def read_jsonl(path: str | Path) -> list[PreferenceExample]:
+    return [PreferenceExample.from_dict(row) for row in read_rows(path)]

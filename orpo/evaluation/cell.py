@@ -27,8 +27,8 @@ from pathlib import Path
 
 from orpo import paths
 from orpo.config import Cell, Experiment, cell_id, expand_cells
-from orpo.data.schema import read_jsonl
-from orpo.evaluation.generate import generate_samples, read_rows, write_rows
+from orpo.data.schema import read_jsonl, read_rows, write_rows
+from orpo.evaluation.generate import generate_samples
 from orpo.evaluation.judges import (
     ORACLE,
     REWARD_MODEL,

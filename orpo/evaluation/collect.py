@@ -33,7 +33,7 @@ import pandas as pd
 
 from orpo import paths
 from orpo.config import Cell, Experiment, expand_cells, load_experiment
-from orpo.data.schema import PreferenceExample, read_jsonl
+from orpo.data.schema import PreferenceExample, read_jsonl, read_rows
 from orpo.diversity import lexical_diversity, load_embedder
 from orpo.evaluation.cell import (
     JUDGES_DIR,
@@ -47,7 +47,6 @@ from orpo.evaluation.cell import (
     judge_name,
     judge_quality,
 )
-from orpo.evaluation.generate import read_rows
 from orpo.evaluation.judges import ORACLE, OracleJudge, agreement, ordering_agreement
 from orpo.evaluation.mlflow_log import cell_metrics
 from orpo.evaluation.winrates import win_rate_rows

@@ -20,7 +20,6 @@ collective: a rank that stops early would leave the others waiting).
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from orpo.config import EvalConfig
-from orpo.data.schema import PreferenceExample, read_jsonl
+from orpo.data.schema import PreferenceExample, read_jsonl, write_rows
 from orpo.data.tokenize import encode_prompt
 from orpo.models import load_model, load_tokenizer
 
@@ -153,23 +152,6 @@ def generate_samples(
                 )
     model.train(was_training)
     return rows
-
-
-def write_rows(rows: list[dict], path: str | Path) -> Path:
-    """JSONL, atomically (tmp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def generate_for_cell(

@@ -4,11 +4,13 @@ stdout); the processes live in their own process group so a cancel stops all of 
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +103,7 @@ def run_cell(
             start_new_session=True,
         ) as proc,
     ):
+        _LIVE.add(proc)
         try:
             for line in proc.stdout:
                 line = line.rstrip("\n")
@@ -120,6 +123,8 @@ def run_cell(
         except BaseException:  # cancel / Ctrl-C: stop every rank, not just the launcher
             _kill_group(proc)
             raise
+        finally:
+            _LIVE.discard(proc)
     if code != 0:
         reason = reason or next((t for t in reversed(tail) if "FAILED" in t or "Error" in t), None)
         raise CellFailed(
@@ -152,6 +157,33 @@ _NOISY = (
 def _worth_forwarding(line: str) -> bool:
     """DeepSpeed and transformers are chatty; forward our lines, warnings and errors."""
     return bool(line.strip()) and not any(n in line for n in _NOISY)
+
+
+# Cells run in their own sessions (so a cancel can signal a cell's whole process group), which
+# also means they would outlive their parent. The parent stops them on its way out instead.
+_LIVE: set[subprocess.Popen] = set()
+
+
+def stop_live_cells() -> None:
+    for proc in list(_LIVE):
+        _kill_group(proc)
+
+
+def install_cleanup() -> None:
+    """Stop running cells when this process exits or gets SIGTERM (a cancelled Prefect flow
+    run). Call from the main thread (signal handlers can only be set there)."""
+    atexit.register(stop_live_cells)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stop_live_cells()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -37,6 +37,30 @@ warnings.filterwarnings(
 )
 
 
+def objective_config(job: CellJob) -> ObjectiveConfig:
+    return ObjectiveConfig(
+        stage=job.cell.stage,
+        nll_scope=job.nll_scope,
+        orpo_lambda=job.cell.orpo_lambda,
+        dpo_beta=job.cell.dpo_beta,
+    )
+
+
+def loop_config(job: CellJob, steps: int, ckpt_dir: Path | None) -> LoopConfig:
+    """The loop's settings from the job; ckpt_dir None trains without checkpoints."""
+    optim = job.optim
+    return LoopConfig(
+        total_steps=steps,
+        batch_size=optim.batch_size,
+        grad_accum=optim.grad_accum,
+        eval_every=optim.eval_every,
+        checkpoint_every=optim.checkpoint_every,
+        seed=job.cell.seed,
+        ckpt_dir=ckpt_dir,
+        fail_at_step=job.fail_at_step,
+    )
+
+
 def resolve_tokenizer(job: CellJob):
     if job.init_from:  # checkpoints are saved with their tokenizer
         return load_tokenizer(job.init_from)
@@ -165,23 +189,9 @@ def train(job: CellJob) -> dict:
                 len(shard_batches(len(items), 16, 0, world)) * world
                 for items in (data.train, data.eval)
             )
-    obj_cfg = ObjectiveConfig(
-        stage=job.cell.stage,
-        nll_scope=job.nll_scope,
-        orpo_lambda=job.cell.orpo_lambda,
-        dpo_beta=job.cell.dpo_beta,
-    )
+    obj_cfg = objective_config(job)
     ckpt_dir = out / "checkpoints"
-    loop_cfg = LoopConfig(
-        total_steps=steps,
-        batch_size=optim.batch_size,
-        grad_accum=optim.grad_accum,
-        eval_every=optim.eval_every,
-        checkpoint_every=optim.checkpoint_every,
-        seed=job.cell.seed,
-        ckpt_dir=ckpt_dir,
-        fail_at_step=job.fail_at_step,
-    )
+    loop_cfg = loop_config(job, steps, ckpt_dir)
     state = run_loop(
         engine, data, obj_cfg, loop_cfg, sink, log, ref, make_progress(steps, rank, log)
     )

@@ -14,11 +14,11 @@ import yaml
 
 from orpo import paths
 from orpo.config import parse_experiment
-from orpo.data.schema import PreferenceExample, write_jsonl
+from orpo.data.schema import PreferenceExample, write_jsonl, write_rows
 from orpo.data.synthetic import generate_suite
 from orpo.evaluation.cell import judge_name, judge_quality_path, rewards_path
 from orpo.evaluation.collect import cell_metrics, collect_results, rerender_report
-from orpo.evaluation.generate import _decode_rows, left_pad, prompt_ids, write_rows
+from orpo.evaluation.generate import _decode_rows, left_pad, prompt_ids
 from orpo.evaluation.judges import (
     OracleJudge,
     agreement,
