@@ -18,6 +18,7 @@ def flow_run_info() -> dict[str, str]:
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
     }
-    if flow_run.ui_url:
-        info["prefect.flow_run_url"] = str(flow_run.ui_url)
+    url = str(flow_run.ui_url or "")
+    if url.startswith("http"):  # a temporary local API has no UI: its URL starts with "None/"
+        info["prefect.flow_run_url"] = url
     return info
