@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import allow_failure, flow, get_client, get_run_logger
+from prefect import flow, get_client, get_run_logger
+from prefect.futures import wait
 
 from orpo import tracking
 from orpo.config import (
@@ -115,10 +116,11 @@ def orpo_ablation(
             judge_task.submit(experiment_file, args, cell.id, wait_for=[generated, *judge_ready])
         )
         judged.append(generated)
-    everything = [*trained.values(), *judged, quality]
-    report = report_task.submit(
-        experiment_file, args, parent, wait_for=[allow_failure(f) for f in everything]
-    )
+    wait([*trained.values(), *judged, quality])
+    unfinished = {
+        cid: str(f.state.message) for cid, f in trained.items() if not f.state.is_completed()
+    }
+    report = report_task.submit(experiment_file, args, parent, unfinished)
     html = report.result()
     failed = [cid for cid, f in trained.items() if f.state.is_failed()]
     tracking.end_run(parent, "FAILED" if failed else "FINISHED")

@@ -31,9 +31,17 @@ def artifact_key(experiment: str, what: str) -> str:
 
 
 @task(name="report")
-def report_task(experiment_file: str, overrides: list[str], parent_run_id: str) -> str:
+def report_task(
+    experiment_file: str,
+    overrides: list[str],
+    parent_run_id: str,
+    unfinished: dict[str, str] | None = None,
+) -> str:
+    """`unfinished`: cells of this flow run that did not complete, with Prefect's message."""
     logger = get_run_logger()
     exp = load(experiment_file, overrides)
+    for cid, message in (unfinished or {}).items():
+        _record_not_run(exp.name, cid, message)
     experiment_id = tracking.ensure_experiment(exp.name)
     info = flow_run_info()
     cell_runs = _cell_run_ids(exp.name)
@@ -59,6 +67,16 @@ def report_task(experiment_file: str, overrides: list[str], parent_run_id: str) 
     _publish_prefect_artifacts(exp.name, results, html, parent_run_id, experiment_id)
     logger.info("report: %s", html)
     return str(html)
+
+
+def _record_not_run(experiment: str, cid: str, message: str) -> None:
+    """A cell that failed wrote failure.json itself; one that never ran (its input cell failed)
+    gets one here, so an old result.json of an earlier configuration is not reported."""
+    folder = paths.cell_dir(experiment, cid)
+    if not (folder / "failure.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        error = {"cell_id": cid, "error": f"not run in this flow run: {message}"}
+        (folder / "failure.json").write_text(json.dumps(error))
 
 
 def _cell_run_ids(experiment: str) -> dict[str, str]:

@@ -88,6 +88,10 @@ def _last_step(metrics_path: Path) -> int | None:
     return rows[-1]["step"] if rows else None
 
 
+def _newer(folder: Path, a: str, b: str) -> bool:
+    return (folder / a).stat().st_mtime >= (folder / b).stat().st_mtime
+
+
 def cell_row(exp: Experiment, cell: Cell, run_urls: dict[str, str]) -> dict:
     """One row of cells.parquet: status from result.json, else failure.json, else failed."""
     folder = paths.cell_dir(exp.name, cell.id)
@@ -108,6 +112,8 @@ def cell_row(exp: Experiment, cell: Cell, run_urls: dict[str, str]) -> dict:
         "steps",
     ):
         row[field] = (result or {}).get(field)
+    if result is not None and failure is not None and _newer(folder, "failure.json", "result.json"):
+        result = None  # an old result; this configuration's run of the cell failed or never ran
     if result is not None:  # written last by the worker: its presence means the cell finished
         row["status"] = result.get("status") if result.get("status") == "cached" else "completed"
         row["mlflow_run_url"] = row["mlflow_run_url"] or result.get("mlflow_run_url")

@@ -117,20 +117,22 @@ def test_failed_cell_leaves_the_others_and_is_reported(env):
     from flows.ablation import orpo_ablation
 
     home, path = env
-    bad = "orpo-opt-tiny-l0.7-s0"
-    html = orpo_ablation(
-        experiment_file=path, overrides={"orpo_lambdas": [0.5, 0.7]}, fail_cells={bad: 2}
-    )
+    bad, blocked = "sft-opt-tiny-s1", "dpo-opt-tiny-b0.1-s1"  # DPO starts from the failed SFT
+    html = orpo_ablation(experiment_file=path, seeds=[1], fail_cells={bad: 2})
     parent = parent_runs(home)[-1]
     assert parent.info.status == "FAILED"
     children = child_runs(home, parent.info.run_id)
     assert children[bad].info.status == "FAILED"
+    assert blocked not in children  # never started
     assert all(r.info.status == "FINISHED" for c, r in children.items() if c != bad)
     failure = json.loads((home / "runs/micro/cells" / bad / "failure.json").read_text())
     assert "step 2" in failure["error"]
     cells = pd.read_parquet(home / "runs/micro/results/cells.parquet").set_index("cell_id")
     assert cells.loc[bad, "status"] == "failed" and "step 2" in cells.loc[bad, "error"]
-    assert bad in open(html).read()
+    assert cells.loc[blocked, "status"] == "failed" and "not run" in cells.loc[blocked, "error"]
+    assert cells.loc["orpo-opt-tiny-l0.5-s1", "status"] == "completed"
+    report = open(html).read()
+    assert bad in report and blocked in report
 
 
 def test_bad_override_is_rejected_before_anything_runs(env):
