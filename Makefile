@@ -30,6 +30,7 @@ demo: setup
 # Set up (Chromium for the report screenshot test included), lint, run every test tier.
 test: setup chromium
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	ORPO_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q
 
 test-fast: setup

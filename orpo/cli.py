@@ -50,7 +50,8 @@ def cmd_train(args) -> int:
             return _fail(f"no cell {args.cell!r} in {exp.name}; `orpo plan` lists them")
         prepare_data(exp, paths.data_dir(exp.name))
         job = make_job(exp, cells[args.cell])
-    if job.mlflow_run_id is None and not args.no_mlflow:
+    created_run = job.mlflow_run_id is None and not args.no_mlflow
+    if created_run:
         run_id = tracking.create_run(
             job.experiment,
             job.cell.id,
@@ -59,8 +60,13 @@ def cmd_train(args) -> int:
         job = job.model_copy(
             update={"mlflow_run_id": run_id, "tracking_uri": tracking.default_tracking_uri()}
         )
-    result = train_cell(job)
-    if job.mlflow_run_id and not args.job:
+    try:
+        result = train_cell(job)
+    except BaseException:
+        if created_run:
+            tracking.end_run(job.mlflow_run_id, "FAILED")
+        raise
+    if created_run:
         tracking.end_run(job.mlflow_run_id)
     print(
         json.dumps(
@@ -173,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         return _fail(str(err))
+    except (RuntimeError, FileNotFoundError) as err:  # a failed cell, a missing input
+        print(f"orpo: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("orpo: interrupted", file=sys.stderr)
         return 130

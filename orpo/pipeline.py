@@ -54,6 +54,15 @@ def make_job(
     )
 
 
+def require_inputs(job: CellJob) -> None:
+    """A clear error, before anything starts, when the checkpoint a cell starts from is missing."""
+    if job.init_from and not Path(job.init_from).is_dir():
+        raise FileNotFoundError(
+            f"cell {job.cell.id}: input checkpoint {job.init_from} is missing "
+            "(train the cell it depends on first)"
+        )
+
+
 def finished_result(job: CellJob) -> dict | None:
     """The result of an earlier run of exactly this job (same key), if there is one."""
     result_path = job.out / "result.json"
@@ -65,11 +74,7 @@ def finished_result(job: CellJob) -> dict | None:
 
 def train_cell(job: CellJob, on_line: Callable[[str], None] = print) -> dict:
     """Run the job unless an identical one finished; returns its result.json content."""
-    if job.init_from and not Path(job.init_from).is_dir():
-        raise FileNotFoundError(
-            f"cell {job.cell.id}: input checkpoint {job.init_from} is missing "
-            "(train the cell it depends on first)"
-        )
+    require_inputs(job)
     key = cell_key(job)
     if (done := finished_result(job)) is not None:
         on_line(f"{job.cell.id}: cached (key {key}), not retrained")

@@ -88,12 +88,12 @@ class TeeSink:
 
 
 class MlflowSink(NullSink):
-    def __init__(self, run_id: str, tracking_uri: str | None = None, flush_every: int = 20):
+    def __init__(self, run_id: str, tracking_uri: str | None = None, flush_at: int = 200):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri or default_tracking_uri())
         self.run_id = run_id
-        self.flush_every = flush_every
+        self.flush_at = flush_at  # buffered metric points that trigger a log_batch
         self._buffer: list = []
 
     def log_params(self, params: Mapping) -> None:
@@ -110,7 +110,7 @@ class MlflowSink(NullSink):
 
         now = int(time.time() * 1000)
         self._buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if len(self._buffer) >= self.flush_every * 10:
+        if len(self._buffer) >= self.flush_at:
             self.flush()
 
     def flush(self) -> None:

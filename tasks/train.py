@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
 from orpo import tracking
 from orpo.config import expand_cells
-from orpo.pipeline import finished_result, make_job, train_cell
+from orpo.pipeline import finished_result, make_job, require_inputs, train_cell
 from orpo.training.job import cell_key
 from tasks.common import flow_run_info, load
 
@@ -32,8 +31,7 @@ def train_cell_task(
     exp = load(experiment_file, overrides)
     cell = {c.id: c for c in expand_cells(exp)}[cell_id]
     job = make_job(exp, cell, fail_at_step=fail_at_step)
-    if job.init_from and not Path(job.init_from).is_dir():
-        raise FileNotFoundError(f"{cell_id}: its input checkpoint {job.init_from} is missing")
+    require_inputs(job)
     tags = {
         "orpo.cell_id": cell_id,
         "orpo.stage": cell.stage,

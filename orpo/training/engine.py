@@ -45,8 +45,9 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
     return factor
 
 
-def deepspeed_config(optim: OptimConfig, resources: ResourcesConfig, world_size: int,
-                     precision: str) -> dict:
+def deepspeed_config(
+    optim: OptimConfig, resources: ResourcesConfig, world_size: int, precision: str
+) -> dict:
     return {
         "train_micro_batch_size_per_gpu": optim.batch_size,
         "gradient_accumulation_steps": optim.grad_accum,
@@ -84,8 +85,13 @@ def init_distributed(device: str) -> None:
 class DeepSpeedEngine:
     """The loop's view of a DeepSpeed engine: forward, backward, step, checkpoints, export."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, resources: ResourcesConfig,
-                 total_steps: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        resources: ResourcesConfig,
+        total_steps: int,
+    ):
         import deepspeed
 
         self.device_type = pick_device(resources)
@@ -93,11 +99,14 @@ class DeepSpeedEngine:
         init_distributed(self.device_type)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.config = deepspeed_config(optim, resources, self.world_size, self.precision)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr,
-                                      weight_decay=optim.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
+        )
         schedule = warmup_cosine(total_steps, optim.warmup_ratio)
         self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=self.config,
+            model=model,
+            optimizer=optimizer,
+            config=self.config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         self.device = self.engine.device
@@ -131,15 +140,21 @@ class DeepSpeedEngine:
 
     def save(self, ckpt_dir: Path, tag: str, client_state: dict, latest: bool = True) -> None:
         # "best" is saved with latest=False so that a resume continues from the newest step
-        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state,
-                                    save_latest=latest)
+        self.engine.save_checkpoint(
+            str(ckpt_dir), tag=tag, client_state=client_state, save_latest=latest
+        )
 
     def load(self, ckpt_dir: Path, tag: str | None = None) -> dict | None:
         path, client_state = self.engine.load_checkpoint(str(ckpt_dir), tag=tag)
         return client_state if path is not None else None
 
-    def export(self, ckpt_dir: Path, tag: str, build_model: Callable[[], torch.nn.Module],
-               save: Callable[[torch.nn.Module], None]) -> None:
+    def export(
+        self,
+        ckpt_dir: Path,
+        tag: str,
+        build_model: Callable[[], torch.nn.Module],
+        save: Callable[[torch.nn.Module], None],
+    ) -> None:
         """Consolidate checkpoint `tag` into a plain model on rank 0 and hand it to `save`."""
         self.barrier()
         if self.rank == 0:
@@ -176,17 +191,24 @@ class DeepSpeedEngine:
 class TorchEngine:
     """Plain single-process AdamW with the same schedule and clipping: the benchmark floor."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, resources: ResourcesConfig,
-                 total_steps: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        resources: ResourcesConfig,
+        total_steps: int,
+    ):
         self.device_type = pick_device(resources)
         self.device = torch.device(self.device_type)
         self.rank, self.world_size, self.zero_stage = 0, 1, None
         self.model = model.to(self.device)
         self.optim_cfg = optim
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total_steps, optim.warmup_ratio))
+            self.optimizer, warmup_cosine(total_steps, optim.warmup_ratio)
+        )
         self._micro = 0
         self._norm = float("nan")
         self.config = {"engine": "torch", "zero_stage": None}
@@ -208,8 +230,9 @@ class TorchEngine:
         self._micro += 1
         if self._micro % self.optim_cfg.grad_accum:
             return
-        self._norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                          self.optim_cfg.max_grad_norm))
+        self._norm = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.max_grad_norm)
+        )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -124,8 +124,9 @@ def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]  # (B,)
     losses = dpo_loss(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta)
     loss = losses.sum() / norms.examples
-    r_chosen, r_rejected = dpo_rewards(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected,
-                                       cfg.dpo_beta)
+    r_chosen, r_rejected = dpo_rewards(
+        sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta
+    )
     stats = {
         "loss": loss.detach(),
         "logp_chosen": mean_logps[:b].detach().sum(),

@@ -61,9 +61,15 @@ def test_paper_defaults_when_unset():
 
 
 def test_cells_follow_their_dependencies():
-    exp = parse_experiment({**MINIMAL, "orpo_lambdas": [0.1, 1.0], "seeds": [0, 1],
-                            "pretrain": {"lr": 1e-3, "epochs": 1},
-                            "eval": {"rm_model": "opt-small"}})
+    exp = parse_experiment(
+        {
+            **MINIMAL,
+            "orpo_lambdas": [0.1, 1.0],
+            "seeds": [0, 1],
+            "pretrain": {"lr": 1e-3, "epochs": 1},
+            "eval": {"rm_model": "opt-small"},
+        }
+    )
     cells = expand_cells(exp)
     ids = [c.id for c in cells]
     assert len(ids) == len(set(ids))
