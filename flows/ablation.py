@@ -24,7 +24,7 @@ from orpo.config import (
     expand_cells,
     load_experiment,
 )
-from orpo.training.launch import install_cleanup
+from orpo.training.launch import stop_live_cells
 from tasks.common import flow_run_info
 from tasks.data import prepare_data_task
 from tasks.evaluate import generate_task, judge_quality_task, judge_task
@@ -32,7 +32,6 @@ from tasks.report import report_task
 from tasks.train import train_cell_task, training_slots
 
 POLICY_STAGES = ("sft", "dpo", "orpo")
-install_cleanup()  # a cancelled flow run (SIGTERM) also stops the DeepSpeed processes it started
 
 
 def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:
@@ -90,43 +89,48 @@ def orpo_ablation(
             training_slots(exp.name), exp.resources.max_parallel_cells
         )
 
+    try:
+        trained, evaluated = _fan_out(exp, experiment_file, args, parent, fail_cells or {})
+        wait([*trained.values(), *evaluated])
+        unfinished = {
+            cid: str(f.state.message) for cid, f in trained.items() if not f.state.is_completed()
+        }
+        html = report_task.submit(experiment_file, args, parent, unfinished).result()
+    except BaseException:
+        # Cancelled (Prefect turns the SIGTERM into an exception here, in the main thread) or
+        # crashed: stop the DeepSpeed processes, which live in their own sessions and would
+        # otherwise train on, and keep this process alive through their task threads.
+        stop_live_cells()
+        tracking.end_run(parent, "KILLED")
+        raise
+    tracking.end_run(parent, "FAILED" if unfinished else "FINISHED")
+    if unfinished:
+        logger.warning("cells that did not finish: %s (the report says why)", ", ".join(unfinished))
+    return html
+
+
+def _fan_out(
+    exp: Experiment, experiment_file: str, args: list[str], parent: str, fail_cells: dict[str, int]
+) -> tuple[dict, list]:
+    """Submit data, every training cell (after the cells it starts from), and generation and
+    judging of every policy (after its cell and the reward-model judge)."""
     data = prepare_data_task.submit(experiment_file, args)
+    cells = expand_cells(exp)
     trained = {}
     for cell in cells:  # dependency order: upstream futures exist already
         upstream = [trained[d] for d in cell.depends_on]
         trained[cell.id] = train_cell_task.with_options(retries=exp.resources.retries).submit(
-            experiment_file,
-            args,
-            cell.id,
-            parent,
-            (fail_cells or {}).get(cell.id),
+            experiment_file, args, cell.id, parent, fail_cells.get(cell.id),
             wait_for=[data, *upstream],
-        )
-
+        )  # fmt: skip
     judge_ready = _judge_dependencies(exp, trained)
-    quality = judge_quality_task.submit(experiment_file, args, wait_for=[data, *judge_ready])
-    judged = []
+    evaluated = [judge_quality_task.submit(experiment_file, args, wait_for=[data, *judge_ready])]
     for cell in cells:
-        if cell.stage not in POLICY_STAGES:
-            continue
-        generated = generate_task.submit(
-            experiment_file, args, cell.id, wait_for=[trained[cell.id]]
-        )
-        judged.append(
-            judge_task.submit(experiment_file, args, cell.id, wait_for=[generated, *judge_ready])
-        )
-        judged.append(generated)
-    wait([*trained.values(), *judged, quality])
-    unfinished = {
-        cid: str(f.state.message) for cid, f in trained.items() if not f.state.is_completed()
-    }
-    report = report_task.submit(experiment_file, args, parent, unfinished)
-    html = report.result()
-    failed = [cid for cid, f in trained.items() if f.state.is_failed()]
-    tracking.end_run(parent, "FAILED" if failed else "FINISHED")
-    if failed:
-        logger.warning("cells that failed: %s (the report lists why)", ", ".join(failed))
-    return html
+        if cell.stage in POLICY_STAGES:
+            gen = generate_task.submit(experiment_file, args, cell.id, wait_for=[trained[cell.id]])
+            judged = judge_task.submit(experiment_file, args, cell.id, wait_for=[gen, *judge_ready])
+            evaluated += [gen, judged]
+    return trained, evaluated
 
 
 def _judge_dependencies(exp: Experiment, trained: dict) -> list:

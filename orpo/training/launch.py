@@ -4,13 +4,11 @@ stdout); the processes live in their own process group so a cancel stops all of 
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -160,30 +158,13 @@ def _worth_forwarding(line: str) -> bool:
 
 
 # Cells run in their own sessions (so a cancel can signal a cell's whole process group), which
-# also means they would outlive their parent. The parent stops them on its way out instead.
+# also means they would outlive their parent: the flow stops them when it is cancelled.
 _LIVE: set[subprocess.Popen] = set()
 
 
 def stop_live_cells() -> None:
     for proc in list(_LIVE):
         _kill_group(proc)
-
-
-def install_cleanup() -> None:
-    """Stop running cells when this process exits or gets SIGTERM (a cancelled Prefect flow
-    run). Call from the main thread (signal handlers can only be set there)."""
-    atexit.register(stop_live_cells)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        stop_live_cells()
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            raise SystemExit(128 + signum)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

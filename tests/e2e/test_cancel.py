@@ -1,0 +1,58 @@
+"""Cancelling a flow run (SIGTERM to the process running it, which is what Prefect's worker
+sends) stops the DeepSpeed processes of the cells it started, not just the flow."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.micro import MICRO
+
+pytestmark = pytest.mark.e2e
+
+
+def cell_processes(home: Path) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", f"{home}/runs"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def test_sigterm_stops_training_processes(tmp_path):
+    long_sft = {**MICRO, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(long_sft))
+    env = dict(
+        os.environ,
+        ORPO_HOME=str(tmp_path),
+        PREFECT_HOME=str(tmp_path / ".prefect"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    env.pop("PREFECT_API_URL", None)  # `orpo run` starts its own temporary API
+    orpo = Path(sys.executable).parent / "orpo"
+    run = subprocess.Popen(
+        [orpo, "run", str(tmp_path / "e.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "runs/micro/cells/sft-opt-tiny-s0/metrics.jsonl").is_file():
+            assert time.time() < deadline, "the SFT cell never started training"
+            assert run.poll() is None, "orpo run ended before the SFT cell trained"
+            time.sleep(1)
+        assert cell_processes(tmp_path), "no training process found"
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+        deadline = time.time() + 30
+        while cell_processes(tmp_path) and time.time() < deadline:
+            time.sleep(0.5)
+        assert cell_processes(tmp_path) == []
+        assert not (tmp_path / "runs/micro/cells/sft-opt-tiny-s0/result.json").exists()
+    finally:
+        run.kill()
+        for pid in cell_processes(tmp_path):
+            os.kill(int(pid), signal.SIGKILL)
