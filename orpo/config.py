@@ -185,6 +185,12 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     cells: list[Cell] = []
     pretrained = exp.pretrain is not None and exp.pretrain.enabled
 
+    def add(stage: Stage, model: str, seed: int, depends_on: list[str], **knob) -> str:
+        cid = cell_id(stage, model, seed, **knob)
+        cells.append(Cell(id=cid, stage=stage, model=model, seed=seed, depends_on=depends_on,
+                          **knob))  # fmt: skip
+        return cid
+
     def base(model: str, seed: int) -> list[str]:
         return [cell_id("pretrain", model, seed)] if pretrained else []
 
@@ -192,58 +198,17 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     if pretrained:
         for model in dict.fromkeys([*exp.models, *judge_models]):
             for seed in exp.seeds if model in exp.models else exp.seeds[:1]:
-                cells.append(
-                    Cell(
-                        id=cell_id("pretrain", model, seed),
-                        stage="pretrain",
-                        model=model,
-                        seed=seed,
-                    )
-                )
-    for model in judge_models:
-        seed = exp.seeds[0]  # the paper trains its judge once per data set
-        cells.append(
-            Cell(
-                id=cell_id("rm", model, seed),
-                stage="rm",
-                model=model,
-                seed=seed,
-                depends_on=base(model, seed),
-            )
-        )
+                add("pretrain", model, seed, [])
+    for model in judge_models:  # the paper trains its judge once per data set
+        add("rm", model, exp.seeds[0], base(model, exp.seeds[0]))
     for model in exp.models:
         for seed in exp.seeds:
             if "sft" in exp.methods:
-                sft_id = cell_id("sft", model, seed)
-                cells.append(
-                    Cell(
-                        id=sft_id, stage="sft", model=model, seed=seed, depends_on=base(model, seed)
-                    )
-                )
-            if "dpo" in exp.methods:
-                for beta in exp.dpo_betas:
-                    cells.append(
-                        Cell(
-                            id=cell_id("dpo", model, seed, dpo_beta=beta),
-                            stage="dpo",
-                            model=model,
-                            seed=seed,
-                            dpo_beta=beta,
-                            depends_on=[cell_id("sft", model, seed)],
-                        )
-                    )
-            if "orpo" in exp.methods:
-                for lam in exp.orpo_lambdas:
-                    cells.append(
-                        Cell(
-                            id=cell_id("orpo", model, seed, orpo_lambda=lam),
-                            stage="orpo",
-                            model=model,
-                            seed=seed,
-                            orpo_lambda=lam,
-                            depends_on=base(model, seed),
-                        )
-                    )
+                sft = add("sft", model, seed, base(model, seed))
+            for beta in exp.dpo_betas if "dpo" in exp.methods else []:
+                add("dpo", model, seed, [sft], dpo_beta=beta)  # validated: dpo needs sft
+            for lam in exp.orpo_lambdas if "orpo" in exp.methods else []:
+                add("orpo", model, seed, base(model, seed), orpo_lambda=lam)
     return cells
 
 
