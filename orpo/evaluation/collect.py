@@ -51,7 +51,7 @@ from orpo.evaluation.judges import ORACLE, OracleJudge, agreement, ordering_agre
 from orpo.evaluation.mlflow_log import cell_metrics
 from orpo.evaluation.winrates import win_rate_rows
 from orpo.models import PAPER_MODELS, PRESETS
-from orpo.report.tables import META_FILE, TABLE_COLUMNS, table_file
+from orpo.report.tables import CELL_TOTALS, META_FILE, TABLE_COLUMNS, table_file
 
 __all__ = [
     "cell_metrics",
@@ -103,14 +103,7 @@ def cell_row(exp: Experiment, cell: Cell, run_urls: dict[str, str]) -> dict:
         "error_kind": None,
         "mlflow_run_url": run_urls.get(cell.id),
     }
-    for field in (
-        "forward_passes",
-        "tokens",
-        "wall_seconds",
-        "peak_rss_mb",
-        "best_eval_loss",
-        "steps",
-    ):
+    for field in CELL_TOTALS:
         row[field] = (result or {}).get(field)
     if result is not None and failure is not None and _newer(folder, "failure.json", "result.json"):
         result = None  # an old result; this configuration's run of the cell failed or never ran

@@ -36,6 +36,9 @@ METRIC_LOGP_REJECTED = "eval/logp_rejected"
 
 REQUIRED_META_KEYS = ("experiment", "data_source", "judge", "models")
 
+# per-cell totals, copied from each cell's result.json
+CELL_TOTALS = ("forward_passes", "tokens", "wall_seconds", "peak_rss_mb", "best_eval_loss", "steps")
+
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "cells": (
         "cell_id",
@@ -47,12 +50,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "status",
         "error",
         "mlflow_run_url",
-        "forward_passes",
-        "tokens",
-        "wall_seconds",
-        "peak_rss_mb",
-        "best_eval_loss",
-        "steps",
+        *CELL_TOTALS,
     ),
     "win_rates": (
         "model",
