@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def cmd_run(args) -> int:
     os.environ.setdefault("PREFECT_HOME", str(project_home() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.ablation import run_experiment
+
+    # Prefect turns SIGTERM into an exception inside the flow, then re-sends it to the handler
+    # that was there before: make that an orderly exit, so cells are stopped and atexit hooks
+    # (the temporary Prefect API server among them) run instead of being orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     report = run_experiment(
         exp, experiment_file=str(Path(args.experiment).resolve()), overrides=args.set
