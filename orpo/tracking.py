@@ -40,6 +40,15 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
+CELL_TOTALS = ("forward_passes", "tokens", "wall_seconds", "train_seconds", "peak_rss_mb",
+               "best_eval_loss")  # fmt: skip
+
+
+def cell_totals(result: Mapping) -> dict[str, float]:
+    """A cell's totals from its result.json as the MLflow metrics `cell/<name>`."""
+    return {f"cell/{k}": result[k] for k in CELL_TOTALS if k in result}
+
+
 class NullSink:
     """Sink for ranks other than 0 and for runs without tracking."""
 

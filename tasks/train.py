@@ -83,11 +83,5 @@ def _previous_run_id(job) -> str:
 def _log_cached(run_id: str, job, result: dict) -> None:
     sink = tracking.MlflowSink(run_id)
     sink.log_params(job.training_params())
-    sink.log_metrics(
-        result["steps"],
-        {
-            f"cell/{k}": result[k]
-            for k in ("forward_passes", "tokens", "wall_seconds", "peak_rss_mb", "best_eval_loss")
-        },
-    )
+    sink.log_metrics(result["steps"], tracking.cell_totals(result))
     sink.flush()

@@ -66,9 +66,22 @@ class CellJob(BaseModel):
         )
 
 
+# Content hashes by (path, size, mtime) of every file: a cell's key, its cache check, its
+# reference-log-prob cache and its evaluation all hash the same checkpoint and data folders,
+# which for a real model means gigabytes read several times per process without this.
+_HASHES: dict[tuple, str] = {}
+
+
 def hash_files(paths: list[Path]) -> str:
+    stats = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(paths))
+    if stats not in _HASHES:
+        _HASHES[stats] = _hash_contents(sorted(paths))
+    return _HASHES[stats]
+
+
+def _hash_contents(paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(paths):
+    for path in paths:
         digest.update(path.name.encode())
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from orpo.models import build_model, count_parameters, is_preset, load_tokenizer, save_model
-from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink
+from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
 from orpo.training.engine import DeepSpeedEngine
 from orpo.training.job import CellJob, cell_key, hash_dir
@@ -243,17 +243,7 @@ def train(job: CellJob) -> dict:
 
 def _write_outputs(out: Path, ds_config: dict, result: dict, sink) -> None:
     (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-    totals = {
-        f"cell/{k}": result[k]
-        for k in (
-            "forward_passes",
-            "tokens",
-            "wall_seconds",
-            "peak_rss_mb",
-            "best_eval_loss",
-            "train_seconds",
-        )
-    }
+    totals = cell_totals(result)
     sink.log_metrics(result["steps"], totals)
     sink.flush()
     tmp = out / "result.json.tmp"
