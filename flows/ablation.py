@@ -20,9 +20,9 @@ from orpo.config import (
     Experiment,
     Method,
     OrpoLambda,
-    cell_id,
     expand_cells,
     load_experiment,
+    rm_cell_id,
 )
 from orpo.training.launch import stop_live_cells
 from tasks.common import flow_run_info
@@ -136,7 +136,7 @@ def _fan_out(
 def _judge_dependencies(exp: Experiment, trained: dict) -> list:
     if exp.eval.judge != "reward-model":
         return []
-    return [trained[cell_id("rm", exp.eval.rm_model, exp.seeds[0])]]
+    return [trained[rm_cell_id(exp)]]
 
 
 def run_experiment(exp: Experiment, experiment_file: str, overrides: list[str]) -> Path:

@@ -27,7 +27,7 @@ def cmd_plan(args) -> int:
 
     exp = load_experiment(args.experiment, args.set)
     print(
-        f"experiment {exp.name}: {exp.data.source} data, models {', '.join(exp.models)}, "
+        f"experiment {exp.name}: {exp.data.source} data, models {', '.join(exp.model_names)}, "
         f"methods {', '.join(exp.methods)}, seeds {exp.seeds}"
     )
     print("\n".join(plan_lines(exp)))

@@ -12,6 +12,7 @@ cosine decay, best checkpoint by eval loss.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -56,6 +57,11 @@ class SyntheticDataConfig(Strict):
     seed: int = 0
 
 
+# A long prompt is cut from the left to max_prompt_length; what remains of max_length is the
+# response's room. Below this many tokens a response is mostly truncation.
+MIN_RESPONSE_TOKENS = 8
+
+
 class DataConfig(Strict):
     source: Literal["synthetic", "hh-rlhf", "ultrafeedback"] = "synthetic"
     path: str | None = Field(None, description="hub id or local json/jsonl/parquet (train pairs)")
@@ -74,17 +80,38 @@ class DataConfig(Strict):
     def _paths_match_source(self) -> DataConfig:
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
-        if self.max_prompt_length > self.max_length:
-            raise ValueError("data.max_prompt_length must not exceed data.max_length")
+        if self.max_length - self.max_prompt_length < MIN_RESPONSE_TOKENS:
+            raise ValueError(
+                f"data.max_prompt_length={self.max_prompt_length} leaves "
+                f"{self.max_length - self.max_prompt_length} of data.max_length="
+                f"{self.max_length} tokens for the response; at least {MIN_RESPONSE_TOKENS} "
+                "are needed (TRL's defaults keep 512 of 1024 tokens for the prompt)"
+            )
         return self
 
 
 class PretrainConfig(OptimConfig):
     """Optional first stage giving tiny random presets a base model trained on domain text
     (prompts with chosen AND rejected responses alike), so every method of a size starts from
-    the same base, as the paper's methods start from one pretrained OPT."""
+    the same base, as the paper's methods start from one pretrained OPT.
+
+    `lr` and `epochs` are required only when the stage is enabled: `{enabled: false}` alone
+    switches it off."""
 
     enabled: bool = True
+    lr: float | None = Field(None, gt=0, description="peak learning rate (required if enabled)")
+    epochs: float | None = Field(None, gt=0, description="passes over the texts (if enabled)")
+
+    @model_validator(mode="after")
+    def _settings_when_enabled(self) -> PretrainConfig:
+        if self.enabled:
+            missing = [f for f in ("lr", "epochs") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"pretrain is enabled, so pretrain.{' and pretrain.'.join(missing)} "
+                    "must be given (or set pretrain.enabled: false)"
+                )
+        return self
 
 
 class EvalConfig(Strict):
@@ -114,6 +141,41 @@ class ResourcesConfig(Strict):
     threads_per_proc: int | None = Field(None, ge=1, description="OMP threads per process")
 
 
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+def short_model_name(source: str) -> str:
+    """The display name of a model given by preset, alias, hub id or path: its last path
+    component ("facebook/opt-125m" -> "opt-125m", "/data/SmolLM2-135M/" -> "smollm2-135m",
+    "x/model.gguf" -> "model"), lowercased, other characters as "-"."""
+    last = source.rstrip("/").replace("\\", "/").split("/")[-1]
+    last = last.removesuffix(".gguf") or "model"
+    name = re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-._")
+    return name or "model"
+
+
+class ModelEntry(Strict):
+    """One model of the grid: a short name (cell ids, MLflow, the report, plots) and where its
+    weights come from. In YAML either a plain string (the name is derived from it) or
+    `{name: smol, path: ...}`."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="display name, in cell ids")
+    path: str = Field(
+        min_length=1,
+        description="preset (opt-tiny...), paper alias (opt-125m), hub id, local folder, "
+        ".gguf file or packaged GGUF alias (smollm2-135m-instruct)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value):
+        if isinstance(value, str):
+            return {"name": short_model_name(value), "path": value}
+        if isinstance(value, dict) and "path" in value and "name" not in value:
+            return {**value, "name": short_model_name(str(value["path"]))}
+        return value
+
+
 def _paper_optim(lr: float, epochs: float) -> OptimConfig:
     return OptimConfig(lr=lr, epochs=epochs)
 
@@ -124,7 +186,10 @@ class Experiment(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="also the Prefect deployment name")
     description: str = ""
     data: DataConfig = DataConfig()
-    models: list[str] = Field(min_length=1, description="presets (opt-tiny...) or hub ids/paths")
+    models: list[ModelEntry] = Field(
+        min_length=1,
+        description="presets (opt-tiny...), hub ids, paths, GGUF files, or {name, path}",
+    )
     methods: list[Method] = Field(["sft", "dpo", "orpo"], min_length=1)
     orpo_lambdas: list[OrpoLambda] = Field([0.1], min_length=1)
     dpo_betas: list[DpoBeta] = Field([0.1], min_length=1)
@@ -141,12 +206,53 @@ class Experiment(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     trust_remote_code: bool = False
 
-    @field_validator("methods", "models", "seeds", "orpo_lambdas", "dpo_betas")
+    keep_dropout: bool = Field(
+        False, description="keep the checkpoints' dropout (off by default in policy and reference)"
+    )
+
+    @field_validator("methods", "seeds", "orpo_lambdas", "dpo_betas")
     @classmethod
     def _unique(cls, values: list) -> list:
         if len(set(values)) != len(values):
             raise ValueError(f"duplicate entries in {values}")
         return values
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, entries: list[ModelEntry]) -> list[ModelEntry]:
+        for field in ("name", "path"):
+            seen: dict[str, int] = {}
+            for i, entry in enumerate(entries):
+                value = getattr(entry, field)
+                if value in seen:
+                    hint = " (give one of them another `name:`)" if field == "name" else ""
+                    raise ValueError(
+                        f"models.{seen[value]} and models.{i} share the {field} {value!r}{hint}"
+                    )
+                seen[value] = i
+        return entries
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    @property
+    def rm_model_name(self) -> str:
+        """The Bradley-Terry judge's model as a display name: a `models` entry it names (by
+        name or path), else derived from `eval.rm_model` like any model."""
+        for entry in self.models:
+            if self.eval.rm_model in (entry.name, entry.path):
+                return entry.name
+        return short_model_name(self.eval.rm_model)
+
+    def model_path(self, name: str) -> str:
+        """Where the weights of the model called `name` come from (preset, hub id, path...)."""
+        for entry in self.models:
+            if entry.name == name:
+                return entry.path
+        if name == self.rm_model_name:
+            return self.eval.rm_model
+        raise KeyError(f"no model named {name!r} in experiment {self.name}")
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -194,14 +300,14 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     def base(model: str, seed: int) -> list[str]:
         return [cell_id("pretrain", model, seed)] if pretrained else []
 
-    judge_models = [exp.eval.rm_model] if exp.eval.judge == "reward-model" else []
+    judge_models = [exp.rm_model_name] if exp.eval.judge == "reward-model" else []
     if pretrained:
-        for model in dict.fromkeys([*exp.models, *judge_models]):
-            for seed in exp.seeds if model in exp.models else exp.seeds[:1]:
+        for model in dict.fromkeys([*exp.model_names, *judge_models]):
+            for seed in exp.seeds if model in exp.model_names else exp.seeds[:1]:
                 add("pretrain", model, seed, [])
     for model in judge_models:  # the paper trains its judge once per data set
         add("rm", model, exp.seeds[0], base(model, exp.seeds[0]))
-    for model in exp.models:
+    for model in exp.model_names:
         for seed in exp.seeds:
             if "sft" in exp.methods:
                 sft = add("sft", model, seed, base(model, seed))
@@ -212,10 +318,15 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     return cells
 
 
+def rm_cell_id(exp: Experiment) -> str:
+    """The Bradley-Terry judge's cell: one per experiment, trained with the first seed."""
+    return cell_id("rm", exp.rm_model_name, exp.seeds[0])
+
+
 def optim_for(exp: Experiment, stage: Stage) -> OptimConfig:
     if stage == "pretrain":
         assert exp.pretrain is not None
-        return OptimConfig(**exp.pretrain.model_dump(exclude={"enabled"}))
+        return OptimConfig(**exp.pretrain.model_dump(exclude={"enabled"}))  # validated: set
     return getattr(exp, stage)
 
 

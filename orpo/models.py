@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -169,12 +170,17 @@ def build_model(
     seed: int = 0,
     trust_remote_code: bool = False,
     dtype: torch.dtype = torch.float32,
+    keep_dropout: bool = False,
 ) -> PreTrainedModel:
     """A causal LM (policy) or a 1-output sequence classifier (Bradley-Terry reward model).
 
     Presets are randomly initialised from `seed`; anything else loads from safetensors. A reward
     model may start from a causal-LM checkpoint: the base weights load and the `score` head is
     newly initialised (also from `seed`). The global torch RNG is left untouched.
+
+    Dropout is switched off unless `keep_dropout`: hub OPT configs carry 0.1, and a policy
+    trained with it differs from its eval-mode reference (DPO) already at step 0, with a
+    length-dependent bias in summed log-probs.
     """
     if kind not in ("causal-lm", "reward"):
         raise ValueError(f"kind must be 'causal-lm' or 'reward', got {kind!r}")
@@ -191,18 +197,44 @@ def build_model(
             auto_class = (
                 AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
             )
-            extra = {"num_labels": 1} if kind == "reward" else {}
+            source = resolve_model_name(name_or_path)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            if kind == "reward":
+                config.num_labels = 1
+            if not keep_dropout:
+                without_dropout(config)
             model = _from_pretrained(
                 auto_class,
-                resolve_model_name(name_or_path),
+                source,
+                config=config,
                 trust_remote_code=trust_remote_code,
                 dtype=dtype,
-                **extra,
             )
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     _set_special_token_ids(model, tokenizer)
     return model.to(dtype)
+
+
+# Config fields that hold a dropout probability, across the architectures transformers ships
+# (OPT, Llama/Mistral/Qwen, GPT-2, BERT-style reward models).
+DROPOUT_FIELDS = (
+    "dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "layerdrop",
+    "attn_pdrop", "resid_pdrop", "embd_pdrop", "summary_first_dropout", "classifier_dropout",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "mlp_dropout", "embedding_dropout",
+)  # fmt: skip
+
+
+def without_dropout(config) -> list[str]:
+    """Set every non-zero dropout probability of `config` to 0 (before the model is built:
+    layers copy these floats at construction). Returns the fields changed."""
+    changed = []
+    for name in DROPOUT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, float) and value > 0:
+            setattr(config, name, 0.0)
+            changed.append(name)
+    return changed
 
 
 def _set_special_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

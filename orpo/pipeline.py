@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orpo import paths
 from orpo.config import Cell, Experiment, cell_id, optim_for
+from orpo.sources import resolve_source
 from orpo.training.job import CellJob, cell_key
 from orpo.training.launch import run_cell
 
@@ -37,7 +38,7 @@ def make_job(
     return CellJob(
         experiment=exp.name,
         cell=cell,
-        model=cell.model,
+        model=resolve_source(exp.model_path(cell.model)),
         init_from=init_checkpoint(exp, cell),
         data_dir=str(paths.data_dir(exp.name)),
         out_dir=str(paths.cell_dir(exp.name, cell.id)),
@@ -50,12 +51,18 @@ def make_job(
         mlflow_run_id=mlflow_run_id,
         tracking_uri=tracking_uri,
         trust_remote_code=exp.trust_remote_code,
+        keep_dropout=exp.keep_dropout,
         fail_at_step=fail_at_step,
     )
 
 
 def require_inputs(job: CellJob) -> None:
     """A clear error, before anything starts, when the checkpoint a cell starts from is missing."""
+    if Path(job.model).is_absolute() and not Path(job.model).is_dir():
+        raise FileNotFoundError(
+            f"cell {job.cell.id}: model folder {job.model} is missing (a GGUF model is "
+            "dequantised when the experiment's data are prepared: run `orpo run` or `orpo train`)"
+        )
     if job.init_from and not Path(job.init_from).is_dir():
         raise FileNotFoundError(
             f"cell {job.cell.id}: input checkpoint {job.init_from} is missing "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from prefect import get_run_logger, task
 
 from orpo import paths
@@ -13,5 +15,9 @@ from tasks.common import load
 def prepare_data_task(experiment_file: str, overrides: list[str]) -> str:
     exp = load(experiment_file, overrides)
     out = prepare_data(exp, paths.data_dir(exp.name))
-    get_run_logger().info("data ready in %s: %s", out, (out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    # counts and cleaning only: the manifest also lists every chosen row id (~160k for HH-RLHF)
+    get_run_logger().info(
+        "data ready in %s: %s; cleaning %s", out, manifest["counts"], manifest.get("cleaning")
+    )
     return str(out)

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
-from orpo import paths
-from orpo.config import Experiment, cell_id
+from orpo.config import Experiment
+from orpo.evaluation.cell import default_rm_model_dir
 from orpo.evaluation.collect import evaluate_cell, judge_cell, judge_quality
 from tasks.common import load
 from tasks.train import training_slots
@@ -33,8 +33,7 @@ def reward_model_dir(exp: Experiment) -> str | None:
     """The rm cell's consolidated model when the judge is our Bradley-Terry reward model."""
     if exp.eval.judge != "reward-model":
         return None
-    rm = cell_id("rm", exp.eval.rm_model, exp.seeds[0])
-    return str(paths.cell_dir(exp.name, rm) / "model")
+    return str(default_rm_model_dir(exp))
 
 
 @task(name="generate", task_run_name="generate-{cell_id}")

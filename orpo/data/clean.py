@@ -4,6 +4,10 @@ Each dropped pair is counted once, under the first reason that applies, in the o
 `DROP_REASONS`: a pair with an empty prompt is "empty_prompt" whatever its replies, and a pair
 whose replies are both empty is "empty_chosen" (not "identical"). So
 `kept + sum(dropped.values())` is always the number of input pairs.
+
+The same report also counts the rows an adapter (`orpo.data.adapters`) could not turn into a
+clean pair at all (`ROW_DROP_REASONS`), when the loader is handed it, so that the manifest's
+"cleaning" section accounts for every row of the file.
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ from dataclasses import dataclass, field
 
 from orpo.data.schema import PreferenceExample
 
-DROP_REASONS = ("empty_prompt", "empty_chosen", "empty_rejected", "identical")
+ROW_DROP_REASONS = ("turn_in_response", "last_not_assistant", "prompt_mismatch")
+"""Rows the adapters drop before a pair exists: an HH-RLHF reply that still holds a later
+"\\n\\nHuman:"/"\\n\\nAssistant:" turn (the transcripts diverge before the last turn), an
+UltraFeedback message list whose last message is not the assistant's, and UltraFeedback chosen /
+rejected lists that answer different conversations."""
+PAIR_DROP_REASONS = ("empty_prompt", "empty_chosen", "empty_rejected", "identical")
+"""Pairs `drop_reason` drops."""
+DROP_REASONS = ROW_DROP_REASONS + PAIR_DROP_REASONS
 
 
 class EmptyDatasetError(ValueError):
@@ -42,7 +53,7 @@ class CleaningReport:
 
 
 def drop_reason(example: PreferenceExample) -> str | None:
-    """Why `example` should be dropped (one of `DROP_REASONS`), or None to keep it."""
+    """Why `example` should be dropped (one of `PAIR_DROP_REASONS`), or None to keep it."""
     if not any((message.get("content") or "").strip() for message in example.prompt):
         return "empty_prompt"
     chosen = (example.chosen or "").strip()
@@ -57,13 +68,17 @@ def drop_reason(example: PreferenceExample) -> str | None:
 
 
 def clean_pairs(
-    examples: Iterable[PreferenceExample],
+    examples: Iterable[PreferenceExample], *, report: CleaningReport | None = None
 ) -> tuple[list[PreferenceExample], CleaningReport]:
     """Keep the pairs `drop_reason` accepts, unchanged and in order, and count the rest.
 
+    `report`, when given, is the one the loader already counted dropped rows in
+    (`load_preference_dataset(..., report=...)`); it is updated and returned, so one report covers
+    the whole file. Without it a fresh report is used.
+
     Raises EmptyDatasetError (a ValueError) with the counts when nothing is left.
     """
-    report = CleaningReport()
+    report = CleaningReport() if report is None else report
     kept: list[PreferenceExample] = []
     for example in examples:
         reason = drop_reason(example)
@@ -71,7 +86,7 @@ def clean_pairs(
             kept.append(example)
         else:
             report.dropped[reason] += 1
-    report.kept = len(kept)
+    report.kept += len(kept)
     if not kept:
         raise EmptyDatasetError(f"no preference pairs left after cleaning: {report.summary()}")
     return kept, report

@@ -56,6 +56,11 @@ def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def chat_format(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Which prompt rendering training, generation and judging use with this tokenizer."""
+    return "the model's chat template" if _has_chat_template(tokenizer) else "the simple template"
+
+
 def format_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """Render chat messages as the text the assistant's reply continues."""
     if _has_chat_template(tokenizer):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from orpo import paths
-from orpo.config import Cell, Experiment, cell_id, expand_cells
+from orpo.config import Cell, Experiment, expand_cells, rm_cell_id
 from orpo.data.schema import read_jsonl, read_rows, write_rows
 from orpo.evaluation.generate import generate_samples
 from orpo.evaluation.judges import (
@@ -39,6 +39,7 @@ from orpo.evaluation.judges import (
 )
 from orpo.evaluation.logratios import model_log_ratio_rows
 from orpo.models import load_model, load_tokenizer
+from orpo.training.engine import eval_placement
 from orpo.training.job import hash_dir, hash_files
 
 POLICY_STAGES = ("sft", "dpo", "orpo")
@@ -66,11 +67,6 @@ def rewards_path(exp: Experiment, cell: str, name: str) -> Path:
 
 def judge_quality_path(exp: Experiment, name: str) -> Path:
     return paths.runs_dir(exp.name) / JUDGES_DIR / f"{judge_slug(name)}.json"
-
-
-def rm_cell_id(exp: Experiment) -> str:
-    """The Bradley-Terry judge's cell: one per experiment, trained with the first seed."""
-    return cell_id("rm", exp.eval.rm_model, exp.seeds[0])
 
 
 def default_rm_model_dir(exp: Experiment) -> Path:
@@ -120,6 +116,7 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
     model_dir = out / "model"
     if not model_dir.is_dir():
         raise FileNotFoundError(f"cell {cell}: no trained model at {model_dir}")
+    device, dtype = eval_placement(exp.resources)
     settings = {
         "samples_per_prompt": exp.eval.samples_per_prompt,
         "temperature": exp.eval.temperature,
@@ -128,6 +125,8 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
         "seed": spec.seed,
         "max_length": exp.data.max_length,
         "max_prompt_length": exp.data.max_prompt_length,
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
     }
     key = _key({**settings, "model": hash_dir(model_dir), "test": hash_files([heldout_path(exp)])})
     samples, logratios = out / SAMPLES_FILE, out / LOGRATIOS_FILE
@@ -135,7 +134,7 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
     if done and done.get("key") == key and samples.is_file() and logratios.is_file():
         return samples
 
-    model, tokenizer = load_model(model_dir), load_tokenizer(str(model_dir))
+    model, tokenizer = load_model(model_dir, dtype=dtype).to(device), load_tokenizer(str(model_dir))
     examples = read_jsonl(heldout_path(exp))
     started = time.perf_counter()
     rows = generate_samples(
@@ -174,9 +173,12 @@ def _resolve_rm_dir(exp: Experiment, judge_spec: str, rm_model_dir) -> Path | No
 
 
 def _load(exp: Experiment, judge_spec: str, rm_model_dir: Path | None):
+    device, dtype = eval_placement(exp.resources)
     return load_judge(
         judge_spec,
         rm_model_dir,
+        device=device,
+        dtype=dtype,
         batch_size=max(exp.eval.batch_size, 32),
         max_length=exp.data.max_length,
         max_prompt_length=exp.data.max_prompt_length,
@@ -234,6 +236,7 @@ def judge_quality(exp: Experiment, judge_spec: str, rm_model_dir: str | Path | N
         "agreement_oracle": None,
         "n_pairs": len(pairs),
         "split": "test",
+        "input_format": getattr(judge, "input_format", None),
     }
     _write_json(judge_quality_path(exp, judge.name), row)
     return row

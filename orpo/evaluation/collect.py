@@ -241,6 +241,7 @@ def judge_rows(
             "agreement_heldout": agreement(OracleJudge(), pairs),
             "n_pairs": len(pairs),
             "split": "test",
+            "input_format": OracleJudge.input_format,
         }
         oracle = rewards[rewards["judge"] == ORACLE].set_index(
             ["cell_id", "prompt_id", "sample_index"]
@@ -336,7 +337,7 @@ def collect_results(exp: Experiment, meta_extra: dict | None = None) -> Path:
     tables, notes = build_tables(exp, run_urls)
     meta = {
         "experiment": exp.name, "data_source": exp.data.source, "judge": judge_name(exp),
-        "models": size_order(list(exp.models)), "orpo_lambdas": list(exp.orpo_lambdas),
+        "models": size_order(exp.model_names), "orpo_lambdas": list(exp.orpo_lambdas),
         "dpo_betas": list(exp.dpo_betas), "seeds": list(exp.seeds),
         "methods": list(exp.methods), "judges": sorted(tables["judges"]["judge"].astype(str)),
         "eval": exp.eval.model_dump(mode="json"),

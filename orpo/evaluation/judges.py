@@ -2,10 +2,13 @@
 
 - `OracleJudge`: the synthetic suite's programmatic reward (`oracle_reward`), the ground truth.
 - `RewardModelJudge`: a sequence classifier with one output, either our Bradley-Terry `rm` cell
-  (the paper's judge) or any Hugging Face reward model by hub id or local path. It reads
-  prompt + response exactly as the reward model was trained: `encode_pair` (chat formatting,
-  BOS, left-cut prompt, right-cut response ending in EOS) and right padding with the model's
-  pad id, so OPT's classifier scores the EOS position.
+  (the paper's judge) or any Hugging Face reward model by hub id or local path. Our rm cell
+  reads prompt + response exactly as it was trained: `encode_pair` (the lab's prompt rendering,
+  BOS, left-cut prompt, right-cut response ending in EOS), right-padded with the model's pad id,
+  so the classifier scores the EOS position. An external reward model was trained on its own
+  chat format: when its tokenizer has a chat template, the whole conversation (prompt turns and
+  the response as the assistant's turn) is rendered by that template instead (`input_format`
+  says which was used; the report shows it).
 
 How far to trust a judge:
 - `agreement`: accuracy at scoring the chosen response above the rejected one on held-out
@@ -27,7 +30,7 @@ import torch
 
 from orpo.data.schema import PreferenceExample
 from orpo.data.synthetic import oracle_reward
-from orpo.data.tokenize import collate_chosen, encode_pair
+from orpo.data.tokenize import EncodedPair, chat_format, collate_chosen, encode_pair
 
 ORACLE = "oracle"
 REWARD_MODEL = "reward-model"
@@ -46,6 +49,7 @@ class OracleJudge:
     """The synthetic suite's oracle: 1.0 exactly right, at most 0.9 for anything else."""
 
     name = ORACLE
+    input_format = "the response text (programmatic)"
 
     def score(self, examples: list[PreferenceExample], responses: list[str]) -> np.ndarray:
         _check_lengths(examples, responses)
@@ -68,11 +72,25 @@ class RewardModelJudge:
         max_prompt_length: int = 512,
         label: str | None = None,
         trust_remote_code: bool = False,
+        external: bool = False,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
         from orpo.models import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
-        self.model = load_model(model_dir, kind="reward", trust_remote_code=trust_remote_code)
+        self.model = load_model(
+            model_dir, kind="reward", trust_remote_code=trust_remote_code, dtype=dtype
+        ).to(device)
+        self.device = torch.device(device)
+        self.use_chat_template = external and bool(getattr(self.tokenizer, "chat_template", None))
+        self.input_format = (
+            "the reward model's chat template"
+            if self.use_chat_template
+            else chat_format(self.tokenizer) + " (as the rm cell was trained)"
+            if not external
+            else chat_format(self.tokenizer) + " (the reward model has no chat template)"
+        )
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer))  # a pad token was added
         # The classifier pools the last token that is not config.pad_token_id: it must be ours.
@@ -90,10 +108,7 @@ class RewardModelJudge:
         for start in range(0, len(examples), self.batch_size):
             pairs, rows = [], []
             for i in range(start, min(start + self.batch_size, len(examples))):
-                ex = examples[i]
-                # The response goes in as "chosen": collate_chosen builds the training rows.
-                as_pair = PreferenceExample(ex.id, ex.prompt, responses[i], responses[i])
-                pair = encode_pair(self.tokenizer, as_pair, self.max_length, self.max_prompt_length)
+                pair = self._encode(examples[i], responses[i])
                 if pair is not None:  # None: the prompt leaves no room; the reward stays NaN
                     pairs.append(pair)
                     rows.append(i)
@@ -101,10 +116,23 @@ class RewardModelJudge:
                 continue
             batch = collate_chosen(pairs, self.tokenizer.pad_token_id)
             logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                input_ids=batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
             ).logits  # (B, 1)
-            rewards[rows] = logits[:, 0].float().numpy()
+            rewards[rows] = logits[:, 0].float().cpu().numpy()
         return rewards
+
+    def _encode(self, example: PreferenceExample, response: str) -> EncodedPair | None:
+        if not self.use_chat_template:
+            # The response goes in as "chosen": collate_chosen builds the training rows.
+            as_pair = PreferenceExample(example.id, example.prompt, response, response)
+            return encode_pair(self.tokenizer, as_pair, self.max_length, self.max_prompt_length)
+        conversation = [*example.prompt, {"role": "assistant", "content": response}]
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)[-self.max_length :]
+        # The whole rendered conversation is one row: collate_chosen needs a (prompt, response)
+        # split only for its masks, which scoring does not read.
+        return EncodedPair(ids[:1], ids[1:], ids[1:], example.id) if len(ids) > 1 else None
 
 
 def model_label(model_dir: str | Path) -> str:
@@ -127,13 +155,19 @@ def load_judge(
     batch_size: int = 32,
     max_length: int = 1024,
     max_prompt_length: int = 512,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Judge:
     """'oracle' | 'reward-model' (the rm cell at `rm_model_dir`) | a hub id or local path of a
-    sequence-classification reward model."""
+    sequence-classification reward model (read in its own chat format)."""
     if spec == ORACLE:
         return OracleJudge()
     lengths = dict(
-        batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length
+        batch_size=batch_size,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        device=device,
+        dtype=dtype,
     )
     if spec == REWARD_MODEL:
         if rm_model_dir is None:
@@ -143,7 +177,7 @@ def load_judge(
                 f"reward model folder {rm_model_dir} does not exist (train the rm cell first)"
             )
         return RewardModelJudge(rm_model_dir, **lengths)
-    return RewardModelJudge(spec, label=spec, **lengths)
+    return RewardModelJudge(spec, label=spec, external=True, **lengths)
 
 
 def judge_slug(name: str) -> str:

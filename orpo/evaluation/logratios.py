@@ -47,14 +47,16 @@ def model_log_ratio_rows(
     """`log_ratio_rows` for a model already in memory."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     encoded, _ = encode_pairs(tokenizer, pairs, max_length, max_prompt_length)
     rows = []
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = collate_pairs(chunk, tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             _, mean = pair_logps(model, batch)  # (B, 2): chosen, rejected
-            chosen, rejected = mean[:, 0].double(), mean[:, 1].double()  # (B,)
+            chosen, rejected = mean[:, 0].double().cpu(), mean[:, 1].double().cpu()  # (B,)
             _, log_odds = odds_ratio_loss(chosen, rejected)  # (B,)
             for pair, w, lo, odds in zip(
                 chunk, chosen.tolist(), rejected.tolist(), log_odds.tolist(), strict=True

@@ -70,7 +70,7 @@ def win_rate_rows(
     }
     rows = []
     for judge in sorted(rewards["judge"].unique()):
-        for model in exp.models:
+        for model in exp.model_names:
             per_comparison: dict[tuple, list] = {}
             for seed in exp.seeds:
                 for a, b in comparisons(exp, model, seed):

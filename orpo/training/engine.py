@@ -32,6 +32,14 @@ def pick_precision(resources: ResourcesConfig, device: str) -> str:
     return resources.precision
 
 
+def eval_placement(resources: ResourcesConfig) -> tuple[torch.device, torch.dtype]:
+    """Where evaluation (generation, judging, log ratios) runs: on the training device, in the
+    training precision (bf16 on GPUs, fp32 on CPU, where bf16 is ~8x slower)."""
+    device = pick_device(resources)
+    dtype = torch.bfloat16 if pick_precision(resources, device) == "bf16" else torch.float32
+    return torch.device(device), dtype
+
+
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warmup to 1, then cosine decay to 0 (the paper's schedule)."""
     warmup = int(round(total_steps * warmup_ratio))

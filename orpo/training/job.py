@@ -34,6 +34,7 @@ class CellJob(BaseModel):
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     trust_remote_code: bool = False
+    keep_dropout: bool = Field(False, description="keep the checkpoint's dropout when training")
     fail_at_step: int | None = Field(None, description="test hook: inject a NaN loss at this step")
 
     @property
@@ -89,7 +90,9 @@ def _hash_contents(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def hash_dir(folder: str | Path, patterns=("*.safetensors", "*.json", "*.jsonl", "*.txt")) -> str:
+def hash_dir(
+    folder: str | Path, patterns=("*.safetensors", "*.json", "*.jsonl", "*.txt", "*.jinja")
+) -> str:
     folder = Path(folder)
     files = [p for pat in patterns for p in folder.rglob(pat) if p.is_file()]
     if not files:

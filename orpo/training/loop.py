@@ -121,8 +121,8 @@ def evaluate(
     engine.train(False)
     with torch.no_grad():
         for batch, weight in collated:
-            ref = ref_eval[batch["indices"]] if ref_eval is not None else None
-            _, stats = objective(engine.forward, _to(batch, engine.device), norms, cfg, ref)
+            inputs, ref = on_device(batch, ref_eval, engine.device)
+            _, stats = objective(engine.forward, inputs, norms, cfg, ref)
             if data.pair_collate is not None:  # one more pass: rejected log-probs under SFT
                 pairs = data.pair_collate([data.eval[i] for i in batch["indices"].tolist()])
                 _, mean_logps = pair_logps(engine.forward, _to(pairs, engine.device))  # (B, 2)
@@ -137,6 +137,17 @@ def evaluate(
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def on_device(
+    batch: dict[str, torch.Tensor], ref_all: torch.Tensor | None, device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """A micro-batch and its rows of the cached reference log-probs, both on `device`.
+
+    The reference cache lives on the CPU (built with `.cpu()`, or loaded from disk); indexing it
+    per batch and handing it to the loss unmoved mixes devices on the first GPU step."""
+    ref = ref_all[batch["indices"]].to(device) if ref_all is not None else None  # (B, 2)
+    return _to(batch, device), ref
 
 
 def run_loop(
@@ -182,8 +193,8 @@ def run_loop(
         norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
         sums: dict[str, float] = {}
         for i, batch in enumerate(micro_batches):
-            ref = ref_train[batch["indices"]] if ref_train is not None else None
-            loss, stats = objective(engine.forward, _to(batch, engine.device), norms, obj_cfg, ref)
+            inputs, ref = on_device(batch, ref_train, engine.device)
+            loss, stats = objective(engine.forward, inputs, norms, obj_cfg, ref)
             if cfg.fail_at_step == step:
                 loss = loss * float("nan")
                 stats["loss"] = loss.detach()

@@ -8,6 +8,7 @@ Rank 0 alone talks to MLflow and writes files outside the checkpoint folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from orpo.data.tokenize import chat_format
 from orpo.models import build_model, count_parameters, is_preset, load_tokenizer, save_model
 from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
@@ -73,6 +75,31 @@ def model_kind(job: CellJob) -> str:
     return "reward" if job.cell.stage == "rm" else "causal-lm"
 
 
+REFERENCE_BATCH_SIZE = 16  # rows per reference pass; padding width changes the last bits
+
+
+def reference_cache_key(job: CellJob, precision: str, device_type: str, world_size: int) -> str:
+    """Everything that changes the reference log-probs' numbers: the reference checkpoint and
+    the data (content hashes), the length limits, precision (bf16 vs fp32), device type (CUDA
+    kernels differ from CPU ones), world size and batch size (padding and sharding), and the
+    library versions that compute them."""
+    import transformers
+
+    payload = {
+        "reference": hash_dir(job.init_from),
+        "data": hash_dir(job.data_dir),
+        "max_length": job.max_length,
+        "max_prompt_length": job.max_prompt_length,
+        "precision": precision,
+        "device": device_type,
+        "world_size": world_size,
+        "batch_size": REFERENCE_BATCH_SIZE,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, bool]:
     """DPO reference log-probs (summed, chosen/rejected) of train and eval pairs.
 
@@ -80,8 +107,7 @@ def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, b
     the reference: one pass under the same engine, no second model. Cached on disk per
     (reference checkpoint, data, lengths) and reused across dpo_beta values and epochs.
     Returns (logps, cache_hit)."""
-    key = f"{hash_dir(job.init_from)}-{hash_dir(job.data_dir)}-{job.max_length}"
-    key += f"-{job.max_prompt_length}-w{engine.world_size}"
+    key = reference_cache_key(job, engine.precision, engine.device_type, engine.world_size)
     path = Path(job.ref_cache_dir or Path(job.out_dir) / "ref_cache") / f"ref-{key}.pt"
     if path.is_file():
         log(f"reference log-probs: cache hit {path.name}")
@@ -90,7 +116,9 @@ def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, b
     out = {}
     for split, items in (("train", data.train), ("eval", data.eval)):
         mine = {}
-        for indices, weight in shard_batches(len(items), 16, engine.rank, engine.world_size):
+        for indices, weight in shard_batches(
+            len(items), REFERENCE_BATCH_SIZE, engine.rank, engine.world_size
+        ):
             summed, _ = pair_logps(engine.forward, _to(data.batch(items, indices), engine.device))
             if weight:
                 mine.update(zip(indices, summed.float().cpu(), strict=True))
@@ -164,14 +192,21 @@ def train(job: CellJob) -> dict:
     init = job.init_from or job.model
     kind = model_kind(job)
     model = build_model(
-        init, tokenizer, kind=kind, seed=job.cell.seed, trust_remote_code=job.trust_remote_code
+        init,
+        tokenizer,
+        kind=kind,
+        seed=job.cell.seed,
+        trust_remote_code=job.trust_remote_code,
+        keep_dropout=job.keep_dropout,
     )
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
     engine = DeepSpeedEngine(model, optim, job.resources, steps)
     log(
         f"{job.cell.stage} on {job.model}: {len(data.train)} train / {len(data.eval)} eval items, "
         f"{steps} steps, {world} process(es), ZeRO-{job.resources.zero_stage}, "
-        f"{engine.precision} on {engine.device_type}"
+        f"{engine.precision} on {engine.device_type}, "
+        f"dropout {'as in the checkpoint' if job.keep_dropout else 'off'}, "
+        f"prompt format: {chat_format(tokenizer)}"
     )
     sink = NullSink()
     if rank == 0:
@@ -186,7 +221,7 @@ def train(job: CellJob) -> dict:
         ref, cache_hit = reference_logps(engine, data, job, log)
         if not cache_hit:
             ref_passes = sum(
-                len(shard_batches(len(items), 16, 0, world)) * world
+                len(shard_batches(len(items), REFERENCE_BATCH_SIZE, 0, world)) * world
                 for items in (data.train, data.eval)
             )
     obj_cfg = objective_config(job)
@@ -208,7 +243,10 @@ def train(job: CellJob) -> dict:
     result = {
         "cell_id": job.cell.id,
         "stage": job.cell.stage,
-        "model": job.model,
+        "model": job.cell.model,
+        "model_path": job.model,
+        "chat_format": chat_format(tokenizer),
+        "dropout": "checkpoint" if job.keep_dropout else "off",
         "orpo_lambda": job.cell.orpo_lambda,
         "dpo_beta": job.cell.dpo_beta,
         "seed": job.cell.seed,

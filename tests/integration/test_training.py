@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from orpo import paths, tracking
-from orpo.config import expand_cells, parse_experiment
+from orpo.config import ConfigError, expand_cells, parse_experiment
 from orpo.data.prepare import prepare_data
 from orpo.models import build_model, load_model, load_tokenizer
 from orpo.pipeline import make_job, train_cell
@@ -383,13 +383,16 @@ def test_data_that_fits_no_pair_fails_clearly_before_training(lab):
         **RAW,
         "name": "train-test-too-short",
         "methods": ["orpo"],
-        "data": {**RAW["data"], "max_length": 12, "max_prompt_length": 11},
         "eval": {"judge": "oracle"},
     }
+    too_short = {**raw, "data": {**RAW["data"], "max_length": 12, "max_prompt_length": 11}}
+    with pytest.raises(ConfigError, match="leaves 1 of data.max_length=12 tokens"):
+        parse_experiment(too_short)  # the experiment file is refused first ...
     exp = parse_experiment(raw)
     prepare_data(exp, paths.data_dir(exp.name))
     cell = next(c for c in expand_cells(exp) if c.stage == "orpo")
-    job = make_job(exp, cell)
+    # ... and a hand-edited job.json still fails clearly in the worker
+    job = make_job(exp, cell).model_copy(update={"max_length": 12, "max_prompt_length": 11})
     with pytest.raises(CellFailed) as err:
         train_cell(job, on_line=lambda line: None)
     first = str(err.value).splitlines()[0]

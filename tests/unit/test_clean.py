@@ -2,7 +2,13 @@
 
 import pytest
 
-from orpo.data.clean import DROP_REASONS, CleaningReport, EmptyDatasetError, clean_pairs
+from orpo.data.clean import (
+    DROP_REASONS,
+    ROW_DROP_REASONS,
+    CleaningReport,
+    EmptyDatasetError,
+    clean_pairs,
+)
 from orpo.data.schema import PreferenceExample
 
 pytestmark = pytest.mark.unit
@@ -29,6 +35,7 @@ def test_counts_each_reason_once_and_keeps_order():
     assert kept[0] is examples[0]  # kept unchanged
     assert report.kept == 2
     assert report.dropped == {
+        **dict.fromkeys(ROW_DROP_REASONS, 0),  # only the adapters count those
         "empty_prompt": 1,
         "empty_chosen": 2,
         "empty_rejected": 1,
@@ -41,7 +48,8 @@ def test_summary_names_every_reason():
     _, report = clean_pairs([pair("a", "b"), pair("a", "a")])
     assert report.summary() == (
         "kept 1 of 2 pairs; dropped 1 "
-        "(empty_prompt=0, empty_chosen=0, empty_rejected=0, identical=1)"
+        "(turn_in_response=0, last_not_assistant=0, prompt_mismatch=0, "
+        "empty_prompt=0, empty_chosen=0, empty_rejected=0, identical=1)"
     )
 
 
@@ -57,3 +65,12 @@ def test_empty_input_raises_a_value_error():
 
 def test_fresh_report_has_every_reason_at_zero():
     assert CleaningReport().dropped == dict.fromkeys(DROP_REASONS, 0)
+
+
+def test_a_given_report_keeps_the_rows_the_loader_dropped():
+    loaded = CleaningReport()
+    loaded.dropped["turn_in_response"] = 2  # as load_preference_dataset(..., report=loaded) does
+    kept, report = clean_pairs([pair("a", "b"), pair("a", "a")], report=loaded)
+    assert report is loaded
+    assert (report.kept, report.total) == (1, 4)
+    assert report.dropped["turn_in_response"] == 2 and report.dropped["identical"] == 1

@@ -30,10 +30,13 @@ def render(results: Results) -> Safe:
             else pct(judge["agreement_oracle"])
         )
         n_pairs = "—" if pd.isna(judge["n_pairs"]) else str(int(judge["n_pairs"]))
-        rows.append([label, pct(judge["agreement_heldout"]), oracle, n_pairs])
+        fmt = judge.get("input_format")
+        fmt = "—" if fmt is None or pd.isna(fmt) else str(fmt)
+        rows.append([label, pct(judge["agreement_heldout"]), oracle, n_pairs, fmt])
+    header = ["Judge", "Agrees with held-out pairs %", "Agrees with oracle %", "Pairs"]
     return join(
         [
-            table(["Judge", "Agrees with held-out pairs %", "Agrees with oracle %", "Pairs"], rows),
+            table([*header, "Reads prompt + response as"], rows),
             guide(
                 "share of held-out preference pairs where the judge scores the chosen response "
                 "above the rejected one (50% = chance), and, on synthetic data, where it agrees "

@@ -1,0 +1,227 @@
+"""Defects that only bite at real scale (GPUs, hub checkpoints), caught on the CPU: devices,
+dropout, the reference cache key, length settings, model names and model sources."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+from orpo.config import ConfigError, Experiment, expand_cells, parse_experiment, short_model_name
+from orpo.data.synthetic import generate_suite
+from orpo.models import build_model, train_tokenizer
+from orpo.training.batches import StageData
+from orpo.training.job import CellJob
+from orpo.training.loop import on_device
+from orpo.training.objectives import OBJECTIVES, Norms, ObjectiveConfig, pair_logps
+from orpo.training.worker import reference_cache_key
+from tests.micro import MICRO
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return generate_suite(16, 4, 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(suite):
+    texts = [ex.chosen for ex in suite["train"]] + [m["content"] for ex in suite["train"]
+                                                     for m in ex.prompt]  # fmt: skip
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def _on_meta(model):
+    # sdpa's mask helper reads a value off the mask (`.item()`), which meta tensors cannot give
+    model.set_attn_implementation("eager")
+    return model.to("meta")
+
+
+def _stage_data(stage: str, suite, tokenizer) -> StageData:
+    from orpo.data.tokenize import collate_chosen, collate_pairs, collate_texts, encode_pairs
+
+    pairs, _ = encode_pairs(tokenizer, suite["train"], 40, 20)
+    pad = tokenizer.pad_token_id
+    if stage == "pretrain":
+        texts = [p.prompt_ids + p.chosen_ids for p in pairs]
+        return StageData(texts, texts, lambda items: collate_texts(items, pad))
+    if stage == "sft":
+        return StageData(pairs, pairs, lambda items: collate_chosen(items, pad))
+    return StageData(pairs, pairs, lambda items: collate_pairs(items, pad))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "orpo", "dpo", "rm"])
+def test_every_objective_runs_with_model_and_batch_off_the_cpu(stage, suite, tokenizer):
+    """The meta device stands in for a GPU: any tensor left on the CPU (as the DPO reference
+    cache was) raises 'Tensor on device cpu is not on the expected device meta'."""
+    kind = "reward" if stage == "rm" else "causal-lm"
+    model = _on_meta(build_model("opt-tiny", tokenizer, kind=kind))
+    data = _stage_data(stage, suite, tokenizer)
+    batch = data.batch(data.train, [0, 1, 2, 3])
+    ref_cache = torch.randn(len(data.train), 2) if stage == "dpo" else None  # built on the CPU
+    inputs, ref = on_device(batch, ref_cache, torch.device("meta"))
+    cfg = ObjectiveConfig(stage=stage, orpo_lambda=0.1, dpo_beta=0.1)
+    loss, stats = OBJECTIVES[stage](model, inputs, Norms(tokens=10.0, examples=4.0), cfg, ref)
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert all(v.device.type == "meta" for v in stats.values())
+    if stage in ("orpo", "dpo"):  # the reference pass and the report's log ratios
+        summed, mean = pair_logps(model, inputs)
+        assert summed.device.type == "meta" and summed.shape == (4, 2)
+
+
+def test_without_the_move_the_cpu_cache_meets_the_device_and_fails(suite, tokenizer):
+    model = _on_meta(build_model("opt-tiny", tokenizer))
+    data = _stage_data("dpo", suite, tokenizer)
+    batch = data.batch(data.train, [0, 1])
+    inputs, _ = on_device(batch, None, torch.device("meta"))
+    stale = torch.randn(len(data.train), 2)[batch["indices"]]  # what the loop used to pass
+    cfg = ObjectiveConfig(stage="dpo", dpo_beta=0.1)
+    with pytest.raises(RuntimeError, match="device"):
+        OBJECTIVES["dpo"](model, inputs, Norms(tokens=1.0, examples=2.0), cfg, stale)
+
+
+def _opt_checkpoint_with_dropout(folder, tokenizer) -> None:
+    config = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64, dropout=0.1,
+        attention_dropout=0.1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    OPTForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def test_dropout_is_off_by_default_and_kept_on_request(tmp_path, tokenizer):
+    _opt_checkpoint_with_dropout(tmp_path / "ckpt", tokenizer)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+    def two_train_mode_passes(**kwargs):
+        model = build_model(str(tmp_path / "ckpt"), tokenizer, **kwargs).train()
+        torch.manual_seed(0)
+        first = model(input_ids=ids).logits
+        return first, model(input_ids=ids).logits, model
+
+    a, b, model = two_train_mode_passes()
+    assert torch.equal(a, b), "train mode must be deterministic with dropout off"
+    assert model.config.dropout == 0.0 and model.config.attention_dropout == 0.0
+    a, b, model = two_train_mode_passes(keep_dropout=True)
+    assert not torch.equal(a, b) and model.config.dropout == 0.1
+
+
+def test_keep_dropout_is_validated_and_reaches_the_job():
+    from orpo.pipeline import make_job
+
+    exp = parse_experiment({**MICRO, "keep_dropout": True})
+    job = make_job(exp, expand_cells(exp)[0])
+    assert job.keep_dropout and job.training_params()["keep_dropout"] is True
+    with pytest.raises(ConfigError, match="keep_dropout"):
+        parse_experiment({**MICRO, "keep_dropout": "sometimes"})
+
+
+def test_reference_cache_key_covers_precision_device_and_world(tmp_path):
+    for folder in ("ref", "data"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.json").write_text(folder)
+    job = CellJob.model_validate(
+        {
+            "experiment": "e",
+            "cell": {"id": "dpo-m-b0.1-s0", "stage": "dpo", "model": "m", "seed": 0},
+            "model": "m",
+            "init_from": str(tmp_path / "ref"),
+            "data_dir": str(tmp_path / "data"),
+            "out_dir": str(tmp_path / "out"),
+            "optim": {"lr": 1e-5, "epochs": 1},
+        }
+    )
+    base = reference_cache_key(job, "fp32", "cpu", 1)
+    assert reference_cache_key(job, "fp32", "cpu", 1) == base
+    assert reference_cache_key(job, "bf16", "cpu", 1) != base
+    assert reference_cache_key(job, "fp32", "cuda", 1) != base
+    assert reference_cache_key(job, "fp32", "cpu", 2) != base
+    longer = job.model_copy(update={"max_length": job.max_length + 1})
+    assert reference_cache_key(longer, "fp32", "cpu", 1) != base
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_a_disabled_pretrain_stage_needs_no_settings():
+    exp = parse_experiment({**MICRO, "pretrain": {"enabled": False}})
+    assert not any(c.stage == "pretrain" for c in expand_cells(exp))
+    with pytest.raises(ConfigError, match="pretrain.lr and pretrain.epochs must be given"):
+        parse_experiment({**MICRO, "pretrain": {"enabled": True}})
+
+
+@pytest.mark.parametrize("prompt", [40, 36])
+def test_prompts_must_leave_room_for_a_response(prompt):
+    raw = {**MICRO, "data": {**MICRO["data"], "max_length": 40, "max_prompt_length": prompt}}
+    with pytest.raises(
+        ConfigError, match=r"data.max_prompt_length=\d+ leaves \d+ of data.max_length"
+    ):
+        parse_experiment(raw)
+
+
+def test_shipped_paper_grid_leaves_room_for_responses():
+    from orpo.config import load_experiment
+
+    exp = load_experiment("experiments/paper-hh-rlhf.yaml")
+    assert exp.data.max_length - exp.data.max_prompt_length >= exp.data.max_length // 2
+
+
+# --- model names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("opt-tiny", "opt-tiny"),
+        ("opt-1.3b", "opt-1.3b"),
+        ("facebook/opt-125m", "opt-125m"),
+        ("/tmp/work/models/SmolLM2-135M-Instruct/", "smollm2-135m-instruct"),
+        ("/data/My Model.gguf", "my-model"),
+        ("smollm2-135m-instruct", "smollm2-135m-instruct"),
+    ],
+)
+def test_short_model_names(path, name):
+    assert short_model_name(path) == name
+
+
+def test_models_get_short_names_in_cell_ids_and_keep_their_paths():
+    exp = parse_experiment(
+        {**MICRO, "models": ["opt-tiny", {"name": "smol", "path": "/abs/path/SmolLM2"}]}
+    )
+    assert exp.model_names == ["opt-tiny", "smol"]
+    assert exp.model_path("smol") == "/abs/path/SmolLM2"
+    ids = [c.id for c in expand_cells(exp)]
+    assert "sft-smol-s0" in ids and not any("/" in i or "abs" in i for i in ids)
+
+
+def test_two_models_never_share_a_name():
+    with pytest.raises(ConfigError, match=r"models.0 and models.1 share the name 'smollm2'"):
+        parse_experiment({**MICRO, "models": ["/a/SmolLM2", "/b/SmolLM2"]})
+    exp = parse_experiment(
+        {**MICRO, "models": ["/a/SmolLM2", {"name": "smollm2-b", "path": "/b/SmolLM2"}]}
+    )
+    assert exp.model_names == ["smollm2", "smollm2-b"]
+
+
+def test_model_entry_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"models.0.name: String should match pattern"):
+        parse_experiment({**MICRO, "models": [{"name": "Bad Name", "path": "opt-tiny"}]})
+    with pytest.raises(ConfigError, match=r"models.0.size: unknown key"):
+        parse_experiment({**MICRO, "models": [{"path": "opt-tiny", "size": 3}]})
+
+
+def test_reward_model_named_by_path_uses_the_entry_name():
+    exp = parse_experiment(
+        {
+            **MICRO,
+            "models": [{"name": "smol", "path": "/x/SmolLM2"}],
+            "eval": {**MICRO["eval"], "rm_model": "/x/SmolLM2"},
+        }
+    )
+    assert exp.rm_model_name == "smol" and "rm-smol-s0" in [c.id for c in expand_cells(exp)]
+
+
+def test_experiment_schema_has_models_as_entries():
+    assert "ModelEntry" in str(Experiment.model_json_schema()["$defs"])
