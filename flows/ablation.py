@@ -20,6 +20,7 @@ from orpo.config import (
     Experiment,
     Method,
     OrpoLambda,
+    evaluated_cells,
     expand_cells,
     load_experiment,
     rm_cell_id,
@@ -30,8 +31,6 @@ from tasks.data import prepare_data_task
 from tasks.evaluate import generate_task, judge_quality_task, judge_task
 from tasks.report import report_task
 from tasks.train import train_cell_task, training_slots
-
-POLICY_STAGES = ("sft", "dpo", "orpo")
 
 
 def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:
@@ -113,7 +112,7 @@ def _fan_out(
     exp: Experiment, experiment_file: str, args: list[str], parent: str, fail_cells: dict[str, int]
 ) -> tuple[dict, list]:
     """Submit data, every training cell (after the cells it starts from), and generation and
-    judging of every policy (after its cell and the reward-model judge)."""
+    judging of every policy and base row (after its cell and the reward-model judge)."""
     data = prepare_data_task.submit(experiment_file, args)
     cells = expand_cells(exp)
     trained = {}
@@ -125,11 +124,14 @@ def _fan_out(
         )  # fmt: skip
     judge_ready = _judge_dependencies(exp, trained)
     evaluated = [judge_quality_task.submit(experiment_file, args, wait_for=[data, *judge_ready])]
-    for cell in cells:
-        if cell.stage in POLICY_STAGES:
-            gen = generate_task.submit(experiment_file, args, cell.id, wait_for=[trained[cell.id]])
-            judged = judge_task.submit(experiment_file, args, cell.id, wait_for=[gen, *judge_ready])
-            evaluated += [gen, judged]
+    for cell in evaluated_cells(exp):
+        # a policy waits for its training; a base row for the data (and its pretrain cell)
+        ready = (
+            [trained[cell.id]] if cell.id in trained else [data, *map(trained.get, cell.depends_on)]
+        )
+        gen = generate_task.submit(experiment_file, args, cell.id, wait_for=ready)
+        judged = judge_task.submit(experiment_file, args, cell.id, wait_for=[gen, *judge_ready])
+        evaluated += [gen, judged]
     return trained, evaluated
 
 

@@ -23,13 +23,15 @@ def _fail(message: str) -> int:
 
 
 def cmd_plan(args) -> int:
-    from orpo.plan import plan_lines
+    from orpo.plan import model_lines, plan_lines
 
     exp = load_experiment(args.experiment, args.set)
     print(
         f"experiment {exp.name}: {exp.data.source} data, models {', '.join(exp.model_names)}, "
         f"methods {', '.join(exp.methods)}, seeds {exp.seeds}"
     )
+    print("\n".join(model_lines(exp)))
+    print()
     print("\n".join(plan_lines(exp)))
     return 0
 

@@ -24,7 +24,11 @@ Method = Literal["sft", "dpo", "orpo"]
 # parameters against the flow's schema on the server, before a flow run is created).
 OrpoLambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 DpoBeta = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Stage = Literal["pretrain", "sft", "dpo", "orpo", "rm"]
+Stage = Literal["pretrain", "sft", "dpo", "orpo", "rm", "base"]
+# "base" is never trained: it names the untrained starting model of a size, which is evaluated
+# and judged like a policy (the positive control: what did training change?).
+BASE = "base"
+POLICY_STAGES = ("sft", "dpo", "orpo")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # Prefect deployment names and artifact keys accept these
 
 
@@ -125,6 +129,11 @@ class EvalConfig(Strict):
     )
     rm_model: str = Field("opt-medium", description="size of the Bradley-Terry judge (rm cell)")
     n_bootstrap: int = Field(1000, ge=100)
+    base_row: bool | None = Field(
+        None,
+        description="also generate from the untrained base and compare every method with it; "
+        "default: for pretrained models (not for random presets)",
+    )
     embedder: str = Field("all-MiniLM-L6-v2", description="sentence embedder for diversity")
 
 
@@ -321,6 +330,37 @@ def expand_cells(exp: Experiment) -> list[Cell]:
 def rm_cell_id(exp: Experiment) -> str:
     """The Bradley-Terry judge's cell: one per experiment, trained with the first seed."""
     return cell_id("rm", exp.rm_model_name, exp.seeds[0])
+
+
+def has_base_row(exp: Experiment, model: str) -> bool:
+    if exp.eval.base_row is not None:
+        return exp.eval.base_row
+    from orpo.models import is_preset  # not at import: config stays free of torch
+
+    return not is_preset(exp.model_path(model))
+
+
+def base_cells(exp: Experiment) -> list[Cell]:
+    """The untrained base of every model that has a base row, once per seed (sampling seeds
+    differ; the weights are those every method of that model and seed starts from)."""
+    pretrained = exp.pretrain is not None and exp.pretrain.enabled
+    return [
+        Cell(
+            id=cell_id(BASE, model, seed),
+            stage=BASE,
+            model=model,
+            seed=seed,
+            depends_on=[cell_id("pretrain", model, seed)] if pretrained else [],
+        )  # fmt: skip
+        for model in exp.model_names
+        if has_base_row(exp, model)
+        for seed in exp.seeds
+    ]
+
+
+def evaluated_cells(exp: Experiment) -> list[Cell]:
+    """Everything that generates and is judged: the trained policies, then the base rows."""
+    return [c for c in expand_cells(exp) if c.stage in POLICY_STAGES] + base_cells(exp)
 
 
 def optim_for(exp: Experiment, stage: Stage) -> OptimConfig:

@@ -1,4 +1,5 @@
-"""Models and tokenizers: tiny OPT presets for CPU runs, the paper's OPT models by hub id.
+"""Models and tokenizers: tiny OPT presets for CPU runs (and one small Llama), the paper's OPT
+models by hub id, any causal LM by path.
 
 Two ways to name a model, one function to build it:
 
@@ -28,9 +29,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    LlamaConfig,
     OPTConfig,
-    OPTForCausalLM,
-    OPTForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -72,6 +72,17 @@ PRESETS: dict[str, dict] = {
     ),
 }  # fmt: skip
 
+# A small Llama (rotary positions, RMSNorm, grouped-query attention, SwiGLU, tied embeddings):
+# the architecture of SmolLM2 and most current checkpoints, so every path is also exercised on
+# a non-OPT model without a hub. Not part of the OPT size ladder above.
+LLAMA_PRESETS: dict[str, dict] = {
+    "llama-tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=True,
+        attention_dropout=0.0,
+    ),
+}  # fmt: skip
+
 # The paper's OPT sizes (Tables 2-3). Hub ids are also accepted as they are.
 PAPER_MODELS: dict[str, str] = {
     "opt-125m": "facebook/opt-125m",
@@ -81,7 +92,7 @@ PAPER_MODELS: dict[str, str] = {
 
 
 def is_preset(name: str) -> bool:
-    return name in PRESETS
+    return name in PRESETS or name in LLAMA_PRESETS
 
 
 def resolve_model_name(name_or_path: str) -> str:
@@ -147,10 +158,18 @@ def load_tokenizer(
 # --- models -----------------------------------------------------------------------------------
 
 
-def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
-    """The OPTConfig of preset `name`, vocabulary and special-token ids from `tokenizer`."""
+def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> OPTConfig | LlamaConfig:
+    """The config of preset `name`, vocabulary and special-token ids from `tokenizer`."""
     if not is_preset(name):
-        raise KeyError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+        raise KeyError(f"unknown preset {name!r}; presets: {sorted([*PRESETS, *LLAMA_PRESETS])}")
+    if name in LLAMA_PRESETS:
+        return LlamaConfig(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **LLAMA_PRESETS[name],
+        )
     fields = PRESETS[name]
     return OPTConfig(
         vocab_size=len(tokenizer),
@@ -190,9 +209,9 @@ def build_model(
             config = preset_config(name_or_path, tokenizer)
             if kind == "reward":
                 config.num_labels = 1
-                model = OPTForSequenceClassification(config)
+                model = AutoModelForSequenceClassification.from_config(config)
             else:
-                model = OPTForCausalLM(config)
+                model = AutoModelForCausalLM.from_config(config)
         else:
             auto_class = (
                 AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification

@@ -28,6 +28,12 @@ def init_checkpoint(exp: Experiment, cell: Cell) -> str | None:
     return str(paths.cell_dir(exp.name, source) / "model")
 
 
+def starting_point(exp: Experiment, cell: Cell) -> str:
+    """The weights a cell starts from: its input checkpoint, else the model itself (a preset
+    name, a hub id, or a folder; GGUF files as their dequantised folder)."""
+    return init_checkpoint(exp, cell) or resolve_source(exp.model_path(cell.model))
+
+
 def make_job(
     exp: Experiment,
     cell: Cell,

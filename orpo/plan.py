@@ -75,6 +75,25 @@ def _human(n: int | None) -> str:
     return str(n)
 
 
+def model_lines(exp: Experiment) -> list[str]:
+    """Each model of the grid: short name, architecture, parameter count and where it comes from."""
+    from orpo.sources import describe
+
+    lines = [f"{'model':<24} {'architecture':<34} {'parameters':>10}  source"]
+    names = dict.fromkeys(
+        [*exp.model_names, exp.rm_model_name]
+        if exp.eval.judge == "reward-model"
+        else exp.model_names
+    )
+    for name in names:
+        info = describe(exp.model_path(name), exp.data.tokenizer_vocab_size)
+        lines.append(
+            f"{name:<24} {info['architecture'] or '? (' + info['kind'] + ')':<34} "
+            f"{_human(info['parameters']):>10}  {info['source']} [{info['kind']}]"
+        )
+    return lines
+
+
 def plan_lines(exp: Experiment) -> list[str]:
     cells = expand_cells(exp)
     header = f"{'cell':<34} {'stage':<8} {'model':<20} {'knob':<18} {'seed':>4} "

@@ -64,6 +64,62 @@ def gguf_folder(path: str) -> Path:
     return paths.project_home() / "runs" / MODELS_DIR / f"{stem}-{hash_files([file])}"
 
 
+def describe(path: str, vocab_size: int = 512) -> dict:
+    """{kind, architecture, parameters, source} of a model entry's path, without loading
+    weights (and without converting a GGUF file: its header is read). Unknown values are None
+    (a hub id before download). `vocab_size` sizes the presets' embeddings."""
+    from orpo.models import is_preset, resolve_model_name
+
+    if is_gguf(path):
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(gguf_file(path)))
+        field = reader.fields["general.architecture"]
+        return {
+            "kind": "gguf (dequantised to safetensors once)",
+            "architecture": bytes(field.parts[field.data[0]]).decode(),
+            "parameters": sum(int(t.n_elements) for t in reader.tensors),
+            "source": str(gguf_file(path)),
+        }
+    if is_preset(path):
+        return {"kind": "preset (random init)", **_meta_count(_preset_config(path, vocab_size)),
+                "source": path}  # fmt: skip
+    resolved = resolve_model_name(path)
+    folder = Path(resolved).expanduser()
+    if not folder.is_dir():
+        return {"kind": "hub id", "architecture": None, "parameters": None, "source": resolved}
+    from transformers import AutoConfig
+
+    return {"kind": "local folder", **_meta_count(AutoConfig.from_pretrained(str(folder))),
+            "source": str(folder)}  # fmt: skip
+
+
+def _preset_config(name: str, vocab_size: int):
+    from orpo.models import SPECIAL_TOKENS, preset_config
+
+    class TrainedVocabulary:  # what preset_config reads of the tokenizer train_tokenizer makes
+        pad_token_id, bos_token_id, eos_token_id = range(3)
+
+        def __len__(self) -> int:
+            return vocab_size
+
+    assert SPECIAL_TOKENS[:3] == ["<pad>", "<s>", "</s>"]  # ids 0..2, as above
+    return preset_config(name, TrainedVocabulary())
+
+
+def _meta_count(config) -> dict:
+    """Architecture and parameter count from a config, built on the meta device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
 def resolve_source(path: str) -> str:
     """What `from_pretrained` (or the preset builder) gets for a model entry's path: the
     dequantised folder for GGUF (not created here: see `materialize`), else the path itself."""

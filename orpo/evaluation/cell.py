@@ -26,7 +26,16 @@ import time
 from pathlib import Path
 
 from orpo import paths
-from orpo.config import Cell, Experiment, expand_cells, rm_cell_id
+from orpo.config import (
+    BASE,
+    POLICY_STAGES,
+    Cell,
+    Experiment,
+    base_cells,
+    evaluated_cells,
+    expand_cells,
+    rm_cell_id,
+)
 from orpo.data.schema import read_jsonl, read_rows, write_rows
 from orpo.evaluation.generate import generate_samples
 from orpo.evaluation.judges import (
@@ -38,11 +47,11 @@ from orpo.evaluation.judges import (
     model_label,
 )
 from orpo.evaluation.logratios import model_log_ratio_rows
-from orpo.models import load_model, load_tokenizer
+from orpo.models import build_model, load_tokenizer
+from orpo.pipeline import starting_point
 from orpo.training.engine import eval_placement
 from orpo.training.job import hash_dir, hash_files
 
-POLICY_STAGES = ("sft", "dpo", "orpo")
 SAMPLES_FILE = "samples.jsonl"
 LOGRATIOS_FILE = "logratios.jsonl"
 EVALUATION_FILE = "evaluation.json"
@@ -51,7 +60,7 @@ JUDGES_DIR = "judges"
 
 
 def find_cell(exp: Experiment, cell: str) -> Cell:
-    cells = {c.id: c for c in expand_cells(exp)}
+    cells = {c.id: c for c in [*expand_cells(exp), *base_cells(exp)]}
     if cell not in cells:
         raise KeyError(f"no cell {cell!r} in experiment {exp.name}")
     return cells[cell]
@@ -105,17 +114,19 @@ def _write_json(path: Path, payload: dict) -> Path:
 
 
 def evaluate_cell(exp: Experiment, cell: str) -> Path:
-    """Generate the samples of a trained policy cell and its held-out log-ratio rows; returns
-    the path of samples.jsonl. Skipped when an earlier run had the same key."""
+    """Generate the samples of a trained policy cell (or of a base row: the untrained model it
+    starts from) and its held-out log-ratio rows; returns the path of samples.jsonl. Skipped
+    when an earlier run had the same key."""
     spec = find_cell(exp, cell)
-    if spec.stage not in POLICY_STAGES:
+    if spec not in evaluated_cells(exp):
         raise ValueError(
-            f"cell {cell}: only policy cells {POLICY_STAGES} are evaluated, not {spec.stage!r}"
+            f"cell {cell}: only policy cells {POLICY_STAGES} and base rows are evaluated, "
+            f"not {spec.stage!r}"
         )
     out = paths.cell_dir(exp.name, cell)
-    model_dir = out / "model"
+    model_dir = Path(starting_point(exp, spec)) if spec.stage == BASE else out / "model"
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"cell {cell}: no trained model at {model_dir}")
+        raise FileNotFoundError(f"cell {cell}: no model at {model_dir} (train it first)")
     device, dtype = eval_placement(exp.resources)
     settings = {
         "samples_per_prompt": exp.eval.samples_per_prompt,
@@ -134,7 +145,10 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
     if done and done.get("key") == key and samples.is_file() and logratios.is_file():
         return samples
 
-    model, tokenizer = load_model(model_dir, dtype=dtype).to(device), load_tokenizer(str(model_dir))
+    tokenizer = load_tokenizer(str(model_dir))
+    # build_model, not load_model: a base row's folder may lack the pad token's embedding row,
+    # which build_model adds exactly as it did for the cells trained from that folder
+    model = build_model(str(model_dir), tokenizer, seed=spec.seed, dtype=dtype).to(device)
     examples = read_jsonl(heldout_path(exp))
     started = time.perf_counter()
     rows = generate_samples(

@@ -32,13 +32,12 @@ from pathlib import Path
 import pandas as pd
 
 from orpo import paths
-from orpo.config import Cell, Experiment, expand_cells, load_experiment
+from orpo.config import BASE, Cell, Experiment, evaluated_cells, expand_cells, load_experiment
 from orpo.data.schema import PreferenceExample, read_jsonl, read_rows
 from orpo.diversity import lexical_diversity, load_embedder
 from orpo.evaluation.cell import (
     JUDGES_DIR,
     LOGRATIOS_FILE,
-    POLICY_STAGES,
     REWARDS_DIR,
     SAMPLES_FILE,
     evaluate_cell,
@@ -290,7 +289,8 @@ def build_tables(
     cells = expand_cells(exp)
     cell_rows = [cell_row(exp, c, run_urls) for c in cells]
     finished = [c for c, row in zip(cells, cell_rows, strict=True) if row["status"] != "failed"]
-    policies = [c for c in finished if c.stage in POLICY_STAGES]
+    # policies that trained, and the base rows (their samples exist once they were evaluated)
+    policies = [c for c in evaluated_cells(exp) if c in finished or c.stage == BASE]
     examples = (
         {ex.id: ex for ex in read_jsonl(heldout_path(exp))} if heldout_path(exp).is_file() else {}
     )

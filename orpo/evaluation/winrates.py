@@ -1,7 +1,7 @@
 """Win rates of the paper's comparisons (Tables 2-3) from judges' rewards of the samples.
 
 For every judge, model size and seed: ORPO (each lambda) vs SFT, ORPO vs SFT+DPO (each beta),
-SFT+DPO (each beta) vs SFT, by `orpo.metrics.win_rate` over (prompts x K rounds) reward matrices
+SFT+DPO (each beta) vs SFT, and every method vs the untrained base where there is a base row, by `orpo.metrics.win_rate` over (prompts x K rounds) reward matrices
 (sample_index 0..K-1 is round k; the greedy answer, -1, is not a round), plus a row pooled over
 seeds (seed -1, `pooled_win_rate`) when several seeds have both cells. Only prompts with all K
 rewards on both sides count. Comparisons that cannot be made are skipped with a note.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from orpo.config import Cell, Experiment, cell_id
+from orpo.config import BASE, Cell, Experiment, cell_id, has_base_row
 from orpo.metrics import pooled_win_rate, win_rate
 from orpo.report.tables import POOLED_SEED
 
@@ -45,6 +45,10 @@ def comparisons(exp: Experiment, model: str, seed: int) -> list[tuple[Cell, Cell
         pairs += [(o, d) for o in orpos for d in dpos]
     if {"dpo", "sft"} <= methods:
         pairs += [(d, sft) for d in dpos]
+    if has_base_row(exp, model):  # every trained policy against the model it started from
+        base = cell(BASE)
+        trained = ([sft] if "sft" in methods else []) + (dpos if "dpo" in methods else [])
+        pairs += [(p, base) for p in trained + (orpos if "orpo" in methods else [])]
     return pairs
 
 

@@ -11,15 +11,17 @@ import pandas as pd
 from orpo.report.tables import is_missing
 
 METHOD_LABELS = {
+    "base": "base (untrained)",
     "pretrain": "pretrained base",
     "sft": "SFT",
     "dpo": "SFT+DPO",
     "orpo": "ORPO",
     "rm": "reward model",
 }
-METHOD_ORDER = ("pretrain", "sft", "dpo", "orpo", "rm")
-# The policies the paper compares, in the order its figures show them.
-POLICY_METHODS = ("sft", "dpo", "orpo")
+METHOD_ORDER = ("base", "pretrain", "sft", "dpo", "orpo", "rm")
+# What generates: the untrained base (where there is a base row), then the policies the paper
+# compares, in the order its figures show them.
+POLICY_METHODS = ("base", "sft", "dpo", "orpo")
 
 
 def method_label(method: str, orpo_lambda: float | None = None) -> str:

@@ -27,11 +27,17 @@ COLOR_CHOSEN, COLOR_REJECTED = "#1f77b4", "#d62728"
 COLOR_LOG_PR, COLOR_LOG_OR = "#7f7f7f", "#9467bd"
 
 # A comparison is (method_a, method_b); the label says what is being won.
-COMPARISONS = (("orpo", "sft"), ("orpo", "dpo"), ("dpo", "sft"))
+COMPARISONS = (
+    ("orpo", "sft"), ("orpo", "dpo"), ("dpo", "sft"),
+    ("sft", "base"), ("dpo", "base"), ("orpo", "base"),
+)  # fmt: skip
 COMPARISON_TITLES = {
     ("orpo", "sft"): "ORPO vs SFT",
     ("orpo", "dpo"): "ORPO vs SFT+DPO",
     ("dpo", "sft"): "SFT+DPO vs SFT",
+    ("sft", "base"): "SFT vs base",
+    ("dpo", "base"): "SFT+DPO vs base",
+    ("orpo", "base"): "ORPO vs base",
 }
 
 

@@ -20,11 +20,12 @@ import pandas as pd
 META_FILE = "meta.json"
 
 DATA_SOURCES = ("synthetic", "hh-rlhf", "ultrafeedback")
-METHODS = ("pretrain", "sft", "dpo", "orpo", "rm")
+# "base": the untrained starting model of a pretrained checkpoint, evaluated as a control
+METHODS = ("base", "pretrain", "sft", "dpo", "orpo", "rm")
 CELL_STATUSES = ("completed", "cached", "failed")
 # "dpo" always means SFT then DPO (the paper's pipeline), never DPO from the base model.
-WIN_RATE_METHODS_A = ("orpo", "dpo")
-WIN_RATE_METHODS_B = ("sft", "dpo")
+WIN_RATE_METHODS_A = ("orpo", "dpo", "sft")
+WIN_RATE_METHODS_B = ("sft", "dpo", "base")
 
 POOLED_SEED = -1  # win_rates.seed for a row pooled over every seed
 GREEDY_SAMPLE_INDEX = -1  # samples.sample_index for the greedy answer

@@ -54,17 +54,42 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 
 def deepspeed_config(
-    optim: OptimConfig, resources: ResourcesConfig, world_size: int, precision: str
+    optim: OptimConfig,
+    resources: ResourcesConfig,
+    world_size: int,
+    precision: str,
+    n_params: int | None = None,
+    largest_param: int | None = None,
 ) -> dict:
+    """DeepSpeed's JSON, from validated fields and what the engine knows: world size and, when
+    given, the model's parameter count and its largest parameter's. Measured on SmolLM2-135M,
+    ORPO, one process, fp32 CPU (benchmarks/zero3-tuning.md): with DeepSpeed's ZeRO-3 defaults
+    the step costs ~1.7x plain torch's peak RSS."""
+    zero: dict = {
+        "stage": resources.zero_stage,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    if resources.zero_stage == 3 and world_size == 1 and n_params:
+        # One process partitions nothing, yet ZeRO-3 releases and re-gathers every parameter
+        # through hooks at each forward/backward. Every parameter at or below this threshold
+        # stays resident: with the whole model's count, all of them do (no fetch/release).
+        zero["stage3_param_persistence_threshold"] = int(n_params)
+        # The gradient bucket is allocated up front with reduce_bucket_size elements (default
+        # 5e8 = 2 GB in fp32, far more than this model's gradients). On one process there is
+        # nothing to reduce, so a bucket holding the largest parameter (the embedding here; at
+        # least a tenth of the model, at most the default) suffices: measured with 2e7 elements,
+        # -1 GB peak RSS together with the persistence above. Bucketing only groups the copies;
+        # it does not change the values.
+        zero["reduce_bucket_size"] = int(
+            min(5e8, max(largest_param or 0, n_params // 10, 1_000_000))
+        )
+    # several processes: DeepSpeed's defaults (not measured here)
     return {
         "train_micro_batch_size_per_gpu": optim.batch_size,
         "gradient_accumulation_steps": optim.grad_accum,
         "train_batch_size": optim.batch_size * optim.grad_accum * world_size,
         "gradient_clipping": optim.max_grad_norm,
-        "zero_optimization": {
-            "stage": resources.zero_stage,
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
+        "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         # torch's AdamW: avoids compiling DeepSpeed's CPU Adam (~75 s on a fresh machine)
         "zero_allow_untested_optimizer": True,
@@ -106,7 +131,15 @@ class DeepSpeedEngine:
         self.precision = pick_precision(resources, self.device_type)
         init_distributed(self.device_type)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.config = deepspeed_config(optim, resources, self.world_size, self.precision)
+        numels = [p.numel() for p in model.parameters()]  # before ZeRO-3 partitions them
+        self.config = deepspeed_config(
+            optim,
+            resources,
+            self.world_size,
+            self.precision,
+            n_params=sum(numels),
+            largest_param=max(numels, default=0),
+        )
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
         )

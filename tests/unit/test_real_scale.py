@@ -225,3 +225,43 @@ def test_reward_model_named_by_path_uses_the_entry_name():
 
 def test_experiment_schema_has_models_as_entries():
     assert "ModelEntry" in str(Experiment.model_json_schema()["$defs"])
+
+
+# --- base rows ---------------------------------------------------------------------------------
+
+
+def test_pretrained_models_get_a_base_row_and_random_presets_none():
+    from orpo.config import base_cells, evaluated_cells
+    from orpo.evaluation.winrates import comparisons
+
+    exp = parse_experiment(
+        {**MICRO, "models": ["opt-tiny", {"name": "smol", "path": "/abs/SmolLM2"}]}
+    )
+    assert [c.id for c in base_cells(exp)] == ["base-smol-s0"]
+    assert [c.id for c in evaluated_cells(exp)][-1] == "base-smol-s0"
+    versus = {(a.id, b.id) for a, b in comparisons(exp, "smol", 0) if b.stage == "base"}
+    assert versus == {
+        ("sft-smol-s0", "base-smol-s0"),
+        ("dpo-smol-b0.1-s0", "base-smol-s0"),
+        ("orpo-smol-l0.5-s0", "base-smol-s0"),
+    }
+    assert not any(b.stage == "base" for _, b in comparisons(exp, "opt-tiny", 0))
+    forced = parse_experiment({**MICRO, "eval": {**MICRO["eval"], "base_row": True}})
+    assert [c.id for c in base_cells(forced)] == ["base-opt-tiny-s0"]
+
+
+def test_a_base_row_starts_where_its_methods_start():
+    from orpo.config import base_cells
+    from orpo.pipeline import starting_point
+
+    exp = parse_experiment({**MICRO, "models": [{"name": "smol", "path": "/abs/SmolLM2"}]})
+    assert starting_point(exp, base_cells(exp)[0]) == "/abs/SmolLM2"
+    pretrained = {
+        **MICRO,
+        "pretrain": {"lr": 1e-3, "epochs": 1},
+        "eval": {**MICRO["eval"], "base_row": True},
+    }
+    exp = parse_experiment(pretrained)
+    base = base_cells(exp)[0]
+    assert base.depends_on == ["pretrain-opt-tiny-s0"]
+    assert starting_point(exp, base).endswith("cells/pretrain-opt-tiny-s0/model")
