@@ -84,9 +84,31 @@ def _project_home(folder: Path):
             os.environ["ORPO_HOME"] = previous
 
 
+# Dense bf16 peaks (NVIDIA's datasheets), for model FLOP utilisation on GPUs; none on CPU,
+# where no comparable peak is published for these cores.
+GPU_BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def device_peak_flops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in GPU_BF16_PEAK_FLOPS.items() if key in name), None)
+
+
+def model_flops(parameters: int | None, tokens_per_s: float) -> float | None:
+    """Training FLOP/s as MFU counts them: 6 x parameters per token (forward 2, backward 4)."""
+    return 6 * parameters * tokens_per_s if parameters else None
+
+
 def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict:
     steps = max(1, result["steps"])
     train_passes = result["forward_passes"] - result.get("reference_forward_passes", 0)
+    tokens_per_s = result["tokens"] / max(result["train_seconds"], 1e-9)
+    flops = model_flops(result.get("parameters"), tokens_per_s)
+    peak = device_peak_flops()
     return {
         "model": model,
         "method": method,
@@ -95,7 +117,10 @@ def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict
         "parameters": result.get("parameters"),
         "steps": result["steps"],
         "seconds_per_step": result["train_seconds"] / steps,
-        "tokens_per_s": result["tokens"] / max(result["train_seconds"], 1e-9),
+        "tokens_per_s": tokens_per_s,
+        "model_tflops": flops / 1e12 if flops else None,
+        # against the device's bf16 peak, summed over processes' devices; None on CPU
+        "mfu": flops / (peak * procs) if flops and peak else None,
         "forward_passes_per_step": train_passes / steps,  # summed over processes
         "reference_forward_passes": result.get("reference_forward_passes", 0),
         "peak_rss_mb": result["peak_rss_mb"],  # per process (the largest rank's)
@@ -203,8 +228,8 @@ def render_table(report: dict) -> str:
         "CPU count, other work was competing and the row is slower than the machine can do).",
         "",
         "| model | params | method | engine | procs | s/step | tokens/s | fwd/step | ref fwd "
-        "| peak RSS MB | vs torch | load |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB | vs torch | model TFLOP/s | MFU | load |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     floors = {
         (r["model"], r["method"]): r
@@ -215,7 +240,7 @@ def render_table(report: dict) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['model']} | - | {r['method']} | {r['engine']} | {r['procs']} | "
-                f"failed: {r['error'][:80]} | | | | | | |"
+                f"failed: {r['error'][:80]} | | | | | | | | |"
             )
             continue
         floor = floors.get((r["model"], r["method"]))
@@ -230,9 +255,14 @@ def render_table(report: dict) -> str:
             f"| {r['model']} | {params} | {r['method']} | {engine} | {r['procs']} | "
             f"{r['seconds_per_step']:.3f} | {_fmt(r['tokens_per_s'])} | "
             f"{r['forward_passes_per_step']:g} | {r['reference_forward_passes']} | "
-            f"{_fmt(r['peak_rss_mb'])} | {ratio} | {r.get('load_avg_1m', '-')} |"
+            f"{_fmt(r['peak_rss_mb'])} | {ratio} | {_optional(r.get('model_tflops'), '.3f')} | "
+            f"{_optional(r.get('mfu'), '.1%')} | {r.get('load_avg_1m', '-')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _optional(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _machine() -> dict:

@@ -72,6 +72,23 @@ PRESETS: dict[str, dict] = {
     ),
 }  # fmt: skip
 
+# The paper's OPT-125M and OPT-350M shapes (facebook/opt-*'s configs, dropout off), randomly
+# initialised: GPU-scale sequence lengths and throughput without a hub (experiments/gpu-smoke).
+SHAPE_PRESETS: dict[str, dict] = {
+    "opt-125m-shape": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+        word_embed_proj_dim=768, max_position_embeddings=2048, do_layer_norm_before=True,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0,
+        activation_function="relu",
+    ),
+    "opt-350m-shape": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
+        word_embed_proj_dim=512, max_position_embeddings=2048, do_layer_norm_before=False,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0,
+        activation_function="relu",
+    ),
+}  # fmt: skip
+
 # A small Llama (rotary positions, RMSNorm, grouped-query attention, SwiGLU, tied embeddings):
 # the architecture of SmolLM2 and most current checkpoints, so every path is also exercised on
 # a non-OPT model without a hub. Not part of the OPT size ladder above.
@@ -92,7 +109,7 @@ PAPER_MODELS: dict[str, str] = {
 
 
 def is_preset(name: str) -> bool:
-    return name in PRESETS or name in LLAMA_PRESETS
+    return name in PRESETS or name in SHAPE_PRESETS or name in LLAMA_PRESETS
 
 
 def resolve_model_name(name_or_path: str) -> str:
@@ -161,24 +178,20 @@ def load_tokenizer(
 def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> OPTConfig | LlamaConfig:
     """The config of preset `name`, vocabulary and special-token ids from `tokenizer`."""
     if not is_preset(name):
-        raise KeyError(f"unknown preset {name!r}; presets: {sorted([*PRESETS, *LLAMA_PRESETS])}")
-    if name in LLAMA_PRESETS:
-        return LlamaConfig(
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **LLAMA_PRESETS[name],
-        )
-    fields = PRESETS[name]
-    return OPTConfig(
+        known = sorted([*PRESETS, *SHAPE_PRESETS, *LLAMA_PRESETS])
+        raise KeyError(f"unknown preset {name!r}; presets: {known}")
+    ids = dict(
         vocab_size=len(tokenizer),
-        word_embed_proj_dim=fields["hidden_size"],  # no projection between embedding and body
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **fields,
     )
+    if name in LLAMA_PRESETS:
+        return LlamaConfig(**ids, **LLAMA_PRESETS[name])
+    if name in SHAPE_PRESETS:
+        return OPTConfig(**ids, **SHAPE_PRESETS[name])
+    fields = PRESETS[name]  # no projection between embedding and body
+    return OPTConfig(**ids, word_embed_proj_dim=fields["hidden_size"], **fields)
 
 
 def build_model(

@@ -8,8 +8,10 @@ over the data, computed once and cached.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from orpo.config import Cell, Experiment, expand_cells, optim_for
 
@@ -25,10 +27,29 @@ class CellCost:
 KNOWN_SIZES = {"Anthropic/hh-rlhf": 160_800, "HuggingFaceH4/ultrafeedback_binarized": 61_135}
 
 
+def count_rows(path: str) -> int | None:
+    """Rows of a local json/jsonl/parquet file (before cleaning), without parsing them all;
+    None for a hub id (counted when the data are prepared)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return None
+    if file.suffix == ".jsonl":
+        with file.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows
+    if file.suffix == ".json":
+        rows = json.loads(file.read_text())
+        return len(rows) if isinstance(rows, list) else None
+    return None
+
+
 def n_train_pairs(exp: Experiment) -> int | None:
     if exp.data.source == "synthetic":
         return exp.data.synthetic.n_train
-    known = KNOWN_SIZES.get(exp.data.path or "")
+    known = KNOWN_SIZES.get(exp.data.path or "") or count_rows(exp.data.path or "")
     if known is not None:
         known -= exp.data.eval_size
     if exp.data.limit is not None:
@@ -113,4 +134,35 @@ def plan_lines(exp: Experiment) -> list[str]:
         f"{len(cells)} cells; total {_human(totals[0])} optimizer steps, "
         f"{_human(totals[1])} forward passes, <= {_human(totals[2])} tokens"
     )
+    hours = gpu_hours(exp, cells)
+    if hours is not None:
+        lines.append(
+            f"GPU-hours <= {hours:.2g} (6 x parameters x tokens at {ASSUMED_MFU:.0%} of an "
+            f"H100's {H100_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16 peak; an estimate, not a measurement)"
+        )
     return lines
+
+
+H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM (NVIDIA's datasheet)
+ASSUMED_MFU = 0.4  # model FLOP utilisation a tuned ZeRO-3 run reaches; not measured here
+PAPER_SIZES = {"opt-125m": 125e6, "opt-350m": 331e6, "opt-1.3b": 1.3e9}
+
+
+def gpu_hours(exp: Experiment, cells: list[Cell]) -> float | None:
+    """Upper bound of the grid's training compute in H100-hours (forward + backward = 6 N per
+    token, every row padded to max_length); None when a size or the data size is unknown."""
+    from orpo.sources import describe
+
+    params: dict[str, float | None] = {}
+    for name in {c.model for c in cells}:
+        path = exp.model_path(name)
+        params[name] = (
+            PAPER_SIZES.get(path) or describe(path, exp.data.tokenizer_vocab_size)["parameters"]
+        )
+    flops = 0.0
+    for cell in cells:
+        tokens = estimate_cost(exp, cell).max_tokens
+        if tokens is None or params[cell.model] is None:
+            return None
+        flops += 6 * params[cell.model] * tokens
+    return flops / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600

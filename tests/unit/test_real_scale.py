@@ -265,3 +265,33 @@ def test_a_base_row_starts_where_its_methods_start():
     base = base_cells(exp)[0]
     assert base.depends_on == ["pretrain-opt-tiny-s0"]
     assert starting_point(exp, base).endswith("cells/pretrain-opt-tiny-s0/model")
+
+
+def test_plan_counts_the_rows_of_a_local_dump_and_estimates_gpu_hours():
+    from pathlib import Path
+
+    from orpo.plan import count_rows, n_train_pairs, plan_lines
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "hh_rlhf.jsonl"
+    rows = sum(1 for line in fixture.read_text().splitlines() if line.strip())
+    assert count_rows(str(fixture)) == rows and count_rows("Anthropic/hh-rlhf") is None
+    raw = {
+        **MICRO,
+        "data": {"source": "hh-rlhf", "path": str(fixture), "eval_size": 1, "test_size": 1,
+                 "max_length": 40, "max_prompt_length": 20},
+        "eval": {**MICRO["eval"], "judge": "reward-model"},
+    }  # fmt: skip
+    exp = parse_experiment(raw)
+    assert n_train_pairs(exp) == rows - 1  # the eval pair is carved from the training rows
+    lines = plan_lines(exp)
+    assert lines[-1].startswith("GPU-hours <= ") and "estimate, not a measurement" in lines[-1]
+
+
+def test_bench_rows_carry_model_flops_and_no_mfu_without_a_gpu():
+    from orpo.bench import _row
+
+    result = {"steps": 2, "forward_passes": 4, "tokens": 1000, "train_seconds": 2.0,
+              "parameters": 1_000_000, "peak_rss_mb": 1.0}  # fmt: skip
+    row = _row("m", "orpo", "zero3", 1, result)
+    assert row["tokens_per_s"] == 500 and row["model_tflops"] == pytest.approx(6e6 * 500 / 1e12)
+    assert row["mfu"] is None  # these machines have no GPU; no CPU peak is claimed
