@@ -14,7 +14,7 @@ never an error. The judges table takes `judge_quality`'s rows; on synthetic data
 oracle's own row and, for every judge, `agreement_oracle` over pairs of the policies' samples to
 the same prompt (do the judge and the oracle order them alike?).
 
-Extra columns beyond the contract (allowed by it): cells.error_kind; win_rates.dpo_beta_a,
+Extra columns beyond the contract (allowed by it): cells.error_kind, truncation; win_rates.dpo_beta_a,
 dpo_beta_b, cell_a, cell_b, n_seeds; diversity/curves/logratios/samples.dpo_beta;
 logratios.pair_id, logp_chosen, logp_rejected; samples.n_tokens, oracle_reward; judges.split,
 n_oracle_pairs. The report's tables key comparisons without dpo_beta: with several betas it
@@ -104,6 +104,14 @@ def cell_row(exp: Experiment, cell: Cell, run_urls: dict[str, str]) -> dict:
     }
     for field in CELL_TOTALS:
         row[field] = (result or {}).get(field)
+    # the truncation policy's counts over the training pairs (orpo.data.tokenize)
+    train = ((result or {}).get("truncation") or {}).get("train") or {}
+    row["truncation"] = (
+        f"{train['prompt_truncated']} / {train['response_truncated']} / {train['dropped']} "
+        f"of {train['total']}"
+        if train
+        else None
+    )
     if result is not None and failure is not None and _newer(folder, "failure.json", "result.json"):
         result = None  # an old result; this configuration's run of the cell failed or never ran
     if result is not None:  # written last by the worker: its presence means the cell finished

@@ -87,7 +87,9 @@ def test_every_method_trains_on_both_llamas_and_the_report_uses_short_names(fini
         *(f"dpo-{m}-b0.1-s0" for m in models),
         *(f"orpo-{m}-l0.5-s0" for m in models),
     }
+    assert cells.truncation.str.fullmatch(r"\d+ / \d+ / \d+ of \d+").all()  # shown per cell
     report = open(html, encoding="utf-8").read()
+    assert "prompt cut / response cut / dropped" in report
     assert "smol-2l" in report and model_path not in report  # no machine path in the report
     result = json.loads(
         (home / "runs" / NAME / "cells" / "orpo-smol-2l-l0.5-s0" / "result.json").read_text()

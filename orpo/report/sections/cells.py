@@ -48,6 +48,7 @@ def render(results: Results) -> Safe:
                 "Steps",
                 "Best eval loss",
                 "Wall s",
+                "Train pairs: prompt cut / response cut / dropped",
                 "MLflow run",
             ],
             (_row(cell) for _, cell in cells.iterrows()),
@@ -55,7 +56,9 @@ def render(results: Results) -> Safe:
         ),
         guide(
             "one row per (method, model, λ, seed) cell; 'cached' cells were reused from an "
-            "earlier run with the same configuration. The run link opens the cell in MLflow."
+            "earlier run with the same configuration. Prompts over data.max_prompt_length are "
+            "cut from the left, responses on the right (EOS kept); a pair with no room for a "
+            "response is dropped. The run link opens the cell in MLflow."
         ),
     ]
     failed = cells[cells["status"] == "failed"]
@@ -111,6 +114,7 @@ def _row(cell) -> list[object]:
         _int(cell["steps"]),
         num(cell["best_eval_loss"], ".4f"),
         num(cell["wall_seconds"], ",.1f"),
+        "—" if is_missing(cell.get("truncation")) else str(cell["truncation"]),
         run_link(cell["mlflow_run_url"], "run") if not is_missing(cell["mlflow_run_url"]) else "—",
     ]
 
