@@ -106,7 +106,8 @@ _SCHEDULING_FIELDS = {"max_parallel_cells", "retries", "threads_per_proc", "host
 
 
 def cell_key(job: CellJob) -> str:
-    """Config + input checkpoint + data version: same key, same result."""
+    """Config + input checkpoint (and a local model folder) + data version, by content: same
+    key, same result."""
     payload = job.training_params()
     payload["resources"] = {
         k: v for k, v in payload["resources"].items() if k not in _SCHEDULING_FIELDS
@@ -114,5 +115,7 @@ def cell_key(job: CellJob) -> str:
     payload["data_version"] = hash_dir(job.data_dir)
     payload["init_version"] = hash_dir(job.init_from) if job.init_from else None
     payload.pop("init_from")  # the content hash above stands for it; paths may move
+    if Path(job.model).is_dir():  # a local checkpoint: overwritten in place, it is a new input
+        payload["model"] = hash_dir(job.model)
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -295,3 +295,29 @@ def test_bench_rows_carry_model_flops_and_no_mfu_without_a_gpu():
     row = _row("m", "orpo", "zero3", 1, result)
     assert row["tokens_per_s"] == 500 and row["model_tflops"] == pytest.approx(6e6 * 500 / 1e12)
     assert row["mfu"] is None  # these machines have no GPU; no CPU peak is claimed
+
+
+def test_cell_key_follows_a_local_model_folders_content_not_its_path(tmp_path):
+    from orpo.training.job import cell_key
+
+    def job_for(folder):
+        return CellJob.model_validate(
+            {
+                "experiment": "e",
+                "cell": {"id": "sft-m-s0", "stage": "sft", "model": "m", "seed": 0},
+                "model": str(folder),
+                "data_dir": str(tmp_path / "data"),
+                "out_dir": str(tmp_path / "out"),
+                "optim": {"lr": 1e-5, "epochs": 1},
+            }
+        )
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text('{"hidden_size": 8}')
+    assert cell_key(job_for(tmp_path / "a")) == cell_key(job_for(tmp_path / "b"))  # moved
+    before = cell_key(job_for(tmp_path / "a"))
+    (tmp_path / "a" / "config.json").write_text('{"hidden_size": 16}')  # overwritten in place
+    assert cell_key(job_for(tmp_path / "a")) != before
