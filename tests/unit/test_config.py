@@ -23,7 +23,8 @@ def test_every_shipped_experiment_validates_and_plans(path):
     exp = load_experiment(path)
     assert exp.name == path.stem  # the deployment name is the file name
     lines = plan_lines(exp)
-    assert len(lines) == len(expand_cells(exp)) + 2  # header + cells + total
+    assert len(lines) == len(expand_cells(exp)) + 3  # header + cells + total + GPU-hours
+    assert lines[-1].startswith("GPU-hours <= ")
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
