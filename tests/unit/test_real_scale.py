@@ -321,3 +321,14 @@ def test_cell_key_follows_a_local_model_folders_content_not_its_path(tmp_path):
     before = cell_key(job_for(tmp_path / "a"))
     (tmp_path / "a" / "config.json").write_text('{"hidden_size": 16}')  # overwritten in place
     assert cell_key(job_for(tmp_path / "a")) != before
+
+
+def test_evaluation_runs_on_the_training_device_in_the_training_precision():
+    from orpo.config import ResourcesConfig
+    from orpo.training.engine import eval_placement
+
+    gpu = eval_placement(ResourcesConfig(device="cuda"))  # chosen, not probed: no GPU needed
+    assert gpu == (torch.device("cuda"), torch.bfloat16)
+    assert eval_placement(ResourcesConfig(device="cpu")) == (torch.device("cpu"), torch.float32)
+    forced = eval_placement(ResourcesConfig(device="cuda", precision="fp32"))
+    assert forced == (torch.device("cuda"), torch.float32)
