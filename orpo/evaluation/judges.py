@@ -84,13 +84,12 @@ class RewardModelJudge:
         ).to(device)
         self.device = torch.device(device)
         self.use_chat_template = external and bool(getattr(self.tokenizer, "chat_template", None))
-        self.input_format = (
-            "the reward model's chat template"
-            if self.use_chat_template
-            else chat_format(self.tokenizer) + " (as the rm cell was trained)"
-            if not external
-            else chat_format(self.tokenizer) + " (the reward model has no chat template)"
-        )
+        if self.use_chat_template:
+            self.input_format = "the reward model's chat template"
+        elif external:
+            self.input_format = f"{chat_format(self.tokenizer)} (the reward model has none)"
+        else:
+            self.input_format = f"{chat_format(self.tokenizer)} (as the rm cell was trained)"
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer))  # a pad token was added
         # The classifier pools the last token that is not config.pad_token_id: it must be ours.
