@@ -17,9 +17,27 @@ tiny model would have to memorise 100 opaque number tokens instead of digit rule
 
 chosen is the correct answer; rejected is a realistic near miss (a digit off by one, a
 forgotten carry, one adjacent swap, one dropped item, the unchanged input, ...). The oracle
-(`oracle_reward`) gives 1.0 to an exactly right answer and at most `PARTIAL_CREDIT_CAP` to
-anything else, so a near miss always scores strictly below the right answer. It is the ground
-truth the judges (reward models, win rates) are checked against.
+(`oracle_reward`) is the ground truth the judges (reward models, win rates) are checked against.
+It grades a response in three steps, the same in every family:
+
+1. Answer span. The response is lower-cased and split into words and numbers (punctuation
+   dropped). The span is the first unbroken run of answer-shaped tokens: digits in add, sort and
+   max, words of `WORDS` in reverse. In add and max the span is one number written digit by
+   digit ("8 5" and "85" are both eighty-five); in sort and reverse it is a list of items.
+2. Credit of the span. Exactly the answer: 1.0. Anything else: at most `PARTIAL_CREDIT_CAP`
+   times the family's similarity. add: share of digit columns right, aligned from the units
+   digit. sort, reverse: longest common subsequence over the longer length. max: nothing for a
+   number that is not one of the items (a constant guess such as "8" earns credit only where it
+   is an item); half for picking an item, the other half by how many of the distinct smaller
+   items it beats.
+3. Text outside the span (stray words after the answer, a sentence around it) costs a fixed
+   `STRAY_TEXT_PENALTY` whatever its length and whatever the family; the reward never drops
+   below 0.0. So a right answer followed by stray text scores 0.95 in every family: below the
+   bare answer, above every wrong answer. No span at all (empty, junk, None) scores 0.0.
+
+Rule 2 is chosen so that no constant answer, asked of every prompt of a family, averages as
+much as the data set's own near misses: tests/unit/test_synthetic.py checks the strongest
+constants (the most common answer, every single digit, a typical answer, a word, nothing).
 """
 
 from __future__ import annotations
@@ -35,7 +53,13 @@ from orpo.data.schema import PreferenceExample, write_jsonl
 
 SPLITS = ("train", "eval", "test")
 PARTIAL_CREDIT_CAP = 0.9
-"""Best reward for a response that is not exactly right: keeps every near miss below 1.0."""
+"""Best reward for a response whose answer span is not exactly right: every near miss is below."""
+STRAY_TEXT_PENALTY = 0.05
+"""Fixed cost of any text outside the answer span, in every family. Below 1 - PARTIAL_CREDIT_CAP,
+so the right answer with stray text (0.95) still beats every wrong answer."""
+ITEM_CREDIT = 0.5
+"""max: share of the partial credit for answering with one of the items at all (the other share
+grows with the items it beats), so even the smallest item beats a constant guess on average."""
 
 WORDS = (
     "red", "blue", "green", "gold", "fox", "cat", "dog", "owl", "sky", "sun", "moon", "star",
@@ -67,10 +91,15 @@ class TaskFamily:
     make_problem: Callable[[random.Random], Problem]
     near_misses: Callable[[Problem], dict[str, list[str]]]
     """Wrong answers by kind of mistake, e.g. {"dropped_item": [...]}; never the answer."""
-    similarity: Callable[[list[str], list[str]], float]
-    """Partial credit in [0, 1] of response tokens against answer tokens (not exact)."""
+    similarity: Callable[[list[str], list[str], dict], float]
+    """Partial credit in [0, 1] of the answer span against the answer tokens (not exact), given
+    the example's metadata (max reads its items)."""
+    is_answer_token: Callable[[str], bool] = str.isdigit
+    """Whether a response token can belong to an answer: it delimits the answer span."""
     canonical: Callable[[list[str]], list[str]] = lambda tokens: tokens
-    """Rewrites response tokens before grading (e.g. "85" -> ["8", "5"] for add)."""
+    """Rewrites the answer span before grading (e.g. "85" -> ["8", "5"] for add)."""
+    needs: tuple[str, ...] = ()
+    """Metadata keys the grading reads besides "answer"."""
 
 
 # --- response parsing and partial credit -------------------------------------------------------
@@ -88,6 +117,19 @@ def response_tokens(response: object) -> list[str]:
     return _NOT_WORD.sub(" ", response.lower()).split()
 
 
+def answer_span(
+    tokens: list[str], is_answer_token: Callable[[str], bool]
+) -> tuple[list[str], bool]:
+    """The first unbroken run of answer-shaped tokens, and whether any token lies outside it."""
+    start = 0
+    while start < len(tokens) and not is_answer_token(tokens[start]):
+        start += 1
+    end = start
+    while end < len(tokens) and is_answer_token(tokens[end]):
+        end += 1
+    return tokens[start:end], end - start < len(tokens)
+
+
 def _lcs_length(a: list[str], b: list[str]) -> int:
     """Length of the longest common subsequence (O(len(a) * len(b)), rolling row)."""
     previous = [0] * (len(b) + 1)
@@ -99,7 +141,7 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
     return previous[-1]
 
 
-def list_similarity(tokens: list[str], expected: list[str]) -> float:
+def list_similarity(tokens: list[str], expected: list[str], metadata: dict) -> float:
     """LCS / longer length: one swap or one dropped item loses one item's worth of credit."""
     # Only a prefix can matter for the LCS; the full length still counts in the denominator, so
     # long junk scores near 0 and costs no more than a short response to grade.
@@ -107,29 +149,40 @@ def list_similarity(tokens: list[str], expected: list[str]) -> float:
     return _lcs_length(considered, expected) / max(len(tokens), len(expected))
 
 
-def place_value_similarity(tokens: list[str], expected: list[str]) -> float:
+def place_value_similarity(tokens: list[str], expected: list[str], metadata: dict) -> float:
     """Fraction of digit positions right, aligned from the units digit as in written sums."""
-    # strict=False on purpose: a longer or shorter response is graded on the columns it has.
+    # Per-digit credit rather than numeric closeness: sums cluster around 110, so a constant
+    # near there would be numerically close to most answers, while it rarely shares digits.
+    # strict=False on purpose: a longer or shorter number is graded on the columns it has.
     columns = zip(reversed(tokens), reversed(expected), strict=False)
     matches = sum(got == want for got, want in columns)
     return matches / max(len(tokens), len(expected))
 
 
-def closeness_similarity(tokens: list[str], expected: list[str]) -> float:
-    """For a one-digit answer: how close the first number is (0 at distance 9), per token."""
-    first = next((token for token in tokens if token.isdigit()), None)
-    if first is None:
+def item_rank_similarity(tokens: list[str], expected: list[str], metadata: dict) -> float:
+    """For "the largest item": 0 unless the number is an item, then more the more items it beats.
+
+    Numeric closeness would reward a constant: the largest of 3-6 digits is usually 8 or 9, so
+    "8" would be close to almost every answer. Requiring an item makes the guess depend on the
+    prompt; ranking among the distinct items keeps the second largest above the smallest.
+    """
+    values = sorted({int(item) for item in metadata["items"]})
+    number = "".join(tokens)
+    # String comparison first: int() of a huge digit string is slow and, past 4300 digits, an
+    # error; a leading zero ("0 7") is not how an item is written.
+    if number not in {str(value) for value in values}:
         return 0.0
-    # len() guard: int() of a huge digit string is slow and, past 4300 digits, an error.
-    distance = abs(int(first) - int(expected[0])) if len(first) <= 3 else 999
-    return max(0.0, 1.0 - distance / 9) / len(tokens)
+    beaten, beatable = values.index(int(number)), max(1, len(values) - 1)
+    return ITEM_CREDIT + (1 - ITEM_CREDIT) * beaten / beatable
 
 
 def _digits_of_number(tokens: list[str]) -> list[str]:
     # "85" and "8 5" are the same number: grade digits, not tokenisation.
-    if tokens and all(token.isdigit() for token in tokens):
-        return list("".join(tokens))
-    return tokens
+    return list("".join(tokens))
+
+
+def _is_word(token: str) -> bool:
+    return token in WORDS
 
 
 # --- the families ------------------------------------------------------------------------------
@@ -293,6 +346,7 @@ FAMILIES: dict[str, TaskFamily] = {
         make_problem=_make_reverse,
         near_misses=_reverse_near_misses,
         similarity=list_similarity,
+        is_answer_token=_is_word,
     ),
     "max": TaskFamily(
         name="max",
@@ -300,7 +354,9 @@ FAMILIES: dict[str, TaskFamily] = {
         capacity=sum(10**n - 10 for n in range(3, 7)),
         make_problem=_make_max,
         near_misses=_max_near_misses,
-        similarity=closeness_similarity,
+        similarity=item_rank_similarity,
+        canonical=_digits_of_number,
+        needs=("items",),
     ),
 }
 
@@ -311,21 +367,29 @@ FAMILIES: dict[str, TaskFamily] = {
 def oracle_reward(metadata: dict, response: str) -> float:
     """Graded reward in [0, 1] of a model `response` to the example with this `metadata`.
 
-    1.0 when the response's tokens (lower-cased, punctuation ignored) are exactly the answer;
+    The module docstring gives the rule: 1.0 when the answer span is exactly the answer,
     otherwise `PARTIAL_CREDIT_CAP` times the family's similarity (e.g. 0.9 * 3/4 for a sorted
-    list with one item dropped); 0.0 for empty or non-string responses. Never raises on the
-    response; raises ValueError for metadata without a known family or an answer.
+    list with one item dropped), minus `STRAY_TEXT_PENALTY` if any text lies outside the span;
+    0.0 for a response with no answer-shaped token (empty, junk, None). Never raises on the
+    response; raises ValueError for metadata without a known family, an answer, or the inputs
+    the family grades with.
     """
     family = _family_of(metadata)
-    if "answer" not in metadata:
-        raise ValueError(f"metadata has no 'answer': {metadata!r}")
-    expected = str(metadata["answer"]).split()
-    tokens = family.canonical(response_tokens(response))
-    if not tokens:
+    for key in ("answer", *family.needs):
+        if key not in metadata:
+            raise ValueError(f"{family.name} metadata has no {key!r}: {metadata!r}")
+    span, stray_text = answer_span(response_tokens(response), family.is_answer_token)
+    if not span:
         return 0.0
-    if tokens == expected:
+    credit = _span_credit(family, family.canonical(span), metadata)
+    return max(0.0, credit - STRAY_TEXT_PENALTY) if stray_text else credit
+
+
+def _span_credit(family: TaskFamily, span: list[str], metadata: dict) -> float:
+    expected = str(metadata["answer"]).split()
+    if span == expected:
         return 1.0
-    similarity = min(1.0, max(0.0, family.similarity(tokens, expected)))
+    similarity = min(1.0, max(0.0, family.similarity(span, expected, metadata)))
     return PARTIAL_CREDIT_CAP * similarity
 
 

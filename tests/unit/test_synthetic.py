@@ -1,7 +1,9 @@
 """The synthetic suite: determinism, disjoint splits, and an oracle that grades correctly."""
 
 import math
+import random
 from collections import Counter
+from statistics import mean
 
 import pytest
 
@@ -9,6 +11,7 @@ from orpo.data.schema import read_jsonl
 from orpo.data.synthetic import (
     FAMILIES,
     PARTIAL_CREDIT_CAP,
+    STRAY_TEXT_PENALTY,
     corpus_texts,
     generate_suite,
     oracle_reward,
@@ -135,16 +138,105 @@ MAX = {"family": "max", "answer": "9", "items": [4, 9, 2, 7]}
         (REVERSE, "sky fox blue red", 0.9 * 3 / 4),
         (REVERSE, "sky blue red", 0.9 * 3 / 4),
         (REVERSE, "red fox blue sky", 0.9 * 1 / 4),
-        # max: closeness of the number, shared over the tokens given
+        # max: nothing for a number that is not an item; an item earns half the partial credit,
+        # the other half by how many of the distinct smaller items it beats (here 3: 2, 4, 7)
         (MAX, "9", 1.0),
-        (MAX, "7", 0.9 * (1 - 2 / 9)),
-        (MAX, "2", 0.9 * (1 - 7 / 9)),
-        (MAX, "9 9", 0.9 * 1 / 2),
+        (MAX, "7", 0.9 * (0.5 + 0.5 * 2 / 3)),  # second largest
+        (MAX, "4", 0.9 * (0.5 + 0.5 * 1 / 3)),  # first item
+        (MAX, "2", 0.9 * 0.5),  # smallest
+        (MAX, "8", 0.0),  # close to 9 but not an item: a constant guess earns nothing here
         (MAX, "0", 0.0),
+        (MAX, "9 9", 0.0),  # read digit by digit as 99, not an item
+        # text outside the answer span costs STRAY_TEXT_PENALTY, the same in every family
+        (ADD, "8 5 done", 0.95),
+        (ADD, "the sum is 85.", 0.95),
+        (SORT, "1 2 5 9 and that is all", 0.95),
+        (REVERSE, "sky blue fox red. Done!", 0.95),
+        (MAX, "9 is the largest", 0.95),
+        (SORT, "1 2 9 ok", 0.9 * 3 / 4 - 0.05),  # a near miss pays the same fixed amount
+        (ADD, "so 5 8", 0.0),  # never below 0
+        # answer-shaped tokens belong to the span: they change the answer, they are not stray
+        (ADD, "8 5 3", 0.0),  # 853
+        (SORT, "1 2 5 9 9", 0.9 * 4 / 5),
+        (REVERSE, "sky blue fox red moon", 0.9 * 4 / 5),
     ],
 )
 def test_hand_made_answers_are_graded(metadata, response, expected):
     assert oracle_reward(metadata, response) == pytest.approx(expected)
+
+
+# --- a grader that constant answers cannot farm ------------------------------------------------
+
+
+def sample_problems(name, n=200, seed=0):
+    rng = random.Random(seed)
+    return [FAMILIES[name].make_problem(rng) for _ in range(n)]
+
+
+def metadata_of(name, problem):
+    return {"family": name, "answer": problem.answer, **problem.inputs}
+
+
+def rejected_score(name, problem):
+    """Expected oracle score of the data set's rejected response to this problem: the generator
+    draws a kind of mistake uniformly, then one of that kind's candidates."""
+    metadata = metadata_of(name, problem)
+    kinds = FAMILIES[name].near_misses(problem).values()
+    return mean(mean(oracle_reward(metadata, miss) for miss in misses) for misses in kinds)
+
+
+def constant_attacks(problems):
+    """The strongest prompt-independent answers we know of: the most common answer, the most
+    common token, a typical answer (the commonest token at each position of the commonest
+    length), every single digit, a digit list, a word list, a generic word, nothing."""
+    answers = [problem.answer.split() for problem in problems]
+    length = Counter(len(answer) for answer in answers).most_common(1)[0][0]
+    typical = [
+        Counter(answer[i] for answer in answers if len(answer) == length).most_common(1)[0][0]
+        for i in range(length)
+    ]
+    return {
+        Counter(problem.answer for problem in problems).most_common(1)[0][0],
+        Counter(token for answer in answers for token in answer).most_common(1)[0][0],
+        " ".join(typical),
+        *(str(digit) for digit in range(10)),
+        "0 1 2 3 4 5 6 7 8 9",
+        "sky blue fox red",
+        "answer",
+        "",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_no_constant_answer_scores_like_a_near_miss(name):
+    problems = sample_problems(name)
+    near_miss_mean = mean(rejected_score(name, problem) for problem in problems)
+    assert 0.3 < near_miss_mean < PARTIAL_CREDIT_CAP
+    for attack in constant_attacks(problems):
+        attack_mean = mean(oracle_reward(metadata_of(name, p), attack) for p in problems)
+        # A clear margin, not a tie-break: otherwise a method that learned one answer for all
+        # prompts would win against one that makes realistic mistakes.
+        assert attack_mean < near_miss_mean - 0.1, (attack, attack_mean, near_miss_mean)
+
+
+STRAY_TEXT = [" done", ". I hope this helps, tell me if you need more!"]
+
+
+def test_right_answer_with_stray_text_scores_the_same_in_every_family():
+    scores = set()
+    for name in FAMILIES:
+        for problem in sample_problems(name):
+            metadata = metadata_of(name, problem)
+            best_near_miss = max(
+                oracle_reward(metadata, miss)
+                for misses in FAMILIES[name].near_misses(problem).values()
+                for miss in misses
+            )
+            for stray in STRAY_TEXT:
+                score = oracle_reward(metadata, problem.answer + stray)
+                assert best_near_miss < score < 1.0, (problem.answer + stray, best_near_miss)
+                scores.add(score)
+    assert scores == {1.0 - STRAY_TEXT_PENALTY}
 
 
 JUNK = [
@@ -183,6 +275,9 @@ def test_rewards_of_every_response_to_every_example_are_in_range(suite):
 def test_oracle_rejects_unknown_family():
     with pytest.raises(ValueError, match="unknown task family 'div'"):
         oracle_reward({"family": "div", "answer": "1"}, "1")
+    # Missing inputs fail on every response, not only on the wrong ones that read them.
+    with pytest.raises(ValueError, match="max metadata has no 'items'"):
+        oracle_reward({"family": "max", "answer": "9"}, "9")
 
 
 def test_family_subset_and_corpus():
