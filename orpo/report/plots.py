@@ -16,7 +16,15 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orpo.report.labels import method_label, model_rank, rows_of_variant
+from orpo.report.labels import (
+    Variant,
+    knob_text,
+    knob_values,
+    method_label,
+    model_rank,
+    rows_of_variant,
+    table_variants,
+)
 from orpo.report.tables import METRIC_LOGP_CHOSEN, METRIC_LOGP_REJECTED, is_missing
 
 DPI = 90
@@ -39,6 +47,8 @@ COMPARISON_TITLES = {
     ("dpo", "base"): "SFT+DPO vs base",
     ("orpo", "base"): "ORPO vs base",
 }
+# What tells two win-rate rows of one comparison and model apart: A's lambda, A's beta, B's beta.
+WIN_RATE_KNOBS = ("orpo_lambda_a", "dpo_beta_a", "dpo_beta_b")
 
 
 def new_figure(rows: int, cols: int, sharey: bool | str = False) -> tuple[Figure, list[list]]:
@@ -57,20 +67,21 @@ def to_data_uri(fig: Figure) -> str:
 
 
 def win_rates_by_size(rows: pd.DataFrame, models: list[str]) -> str | None:
-    """One panel per comparison: win rate (%) per model size, a line per ORPO lambda, 95% CI."""
+    """One panel per comparison: win rate (%) per model size, a line per variant (each ORPO
+    lambda, each DPO beta on either side), 95% CI."""
     comparisons = [c for c in COMPARISONS if not _comparison_rows(rows, *c).empty]
     if not comparisons or not models:
         return None
     fig, axes = new_figure(1, len(comparisons))
     for ax, comparison in zip(axes[0], comparisons, strict=True):
         subset = _comparison_rows(rows, *comparison)
-        lines = list(_by_lambda(subset))
-        for i, (orpo_lambda, line) in enumerate(lines):
+        lines = list(_by_knobs(subset, WIN_RATE_KNOBS))
+        for i, (knobs, line) in enumerate(lines):
             line = line.sort_values("model", key=lambda s: s.map(model_rank(models)))
-            # Nudge each lambda sideways so overlapping CIs stay readable.
+            # Nudge each line sideways so overlapping CIs stay readable.
             offset = DODGE * (i - (len(lines) - 1) / 2)
             x = [models.index(m) + offset for m in line["model"]]
-            _errorbar(ax, x, line, label=_line_label(comparison[0], orpo_lambda))
+            _errorbar(ax, x, line, label=_line_label(comparison[0], *knobs))
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_xticks(range(len(models)), models, rotation=20, fontsize=8)
         _style_win_rate_axis(ax, COMPARISON_TITLES[comparison])
@@ -78,7 +89,8 @@ def win_rates_by_size(rows: pd.DataFrame, models: list[str]) -> str | None:
 
 
 def win_rate_vs_lambda(rows: pd.DataFrame, models: list[str]) -> str | None:
-    """One panel per ORPO comparison: win rate (%) against lambda, a line per model size."""
+    """One panel per ORPO comparison: win rate (%) against lambda, a line per model size (and
+    per beta of the SFT+DPO it is compared with)."""
     comparisons = [c for c in COMPARISONS[:2] if not _comparison_rows(rows, *c).empty]
     if not comparisons:
         return None
@@ -86,8 +98,10 @@ def win_rate_vs_lambda(rows: pd.DataFrame, models: list[str]) -> str | None:
     for ax, comparison in zip(axes[0], comparisons, strict=True):
         subset = _comparison_rows(rows, *comparison).dropna(subset=["orpo_lambda_a"])
         for model in sorted(subset["model"].unique(), key=model_rank(models)):
-            line = subset[subset["model"] == model].sort_values("orpo_lambda_a")
-            _errorbar(ax, list(line["orpo_lambda_a"]), line, label=str(model))
+            for (dpo_beta_b,), line in _by_knobs(subset[subset["model"] == model], ["dpo_beta_b"]):
+                line = line.sort_values("orpo_lambda_a")
+                label = _join_label(str(model), knob_text(dpo_beta=dpo_beta_b))
+                _errorbar(ax, list(line["orpo_lambda_a"]), line, label=label)
         ax.set_xlabel("λ (weight of the odds-ratio loss)", fontsize=8)
         _style_win_rate_axis(ax, COMPARISON_TITLES[comparison])
     return to_data_uri(fig)
@@ -96,27 +110,40 @@ def win_rate_vs_lambda(rows: pd.DataFrame, models: list[str]) -> str | None:
 def logp_per_lambda(curves: pd.DataFrame, models: list[str]) -> str | None:
     """Paper Fig. 9: ORPO's chosen (solid) and rejected (dashed) log-probs per lambda, per model."""
     orpo = _logp_curves(curves[curves["method"] == "orpo"])
-    if orpo.empty:
+    # A curve without a lambda has no place on a per-lambda figure.
+    variants = [v for v in table_variants(orpo, ("orpo",)) if not is_missing(v.orpo_lambda)]
+    if not variants:
         return None
     present = sorted(orpo["model"].unique(), key=model_rank(models))
     fig, axes = new_figure(1, len(present))
-    lambdas = sorted(orpo["orpo_lambda"].dropna().unique())
-    colors = _palette(len(lambdas))
+    colors = _palette(len(variants))
     for ax, model in zip(axes[0], present, strict=True):
-        for color, orpo_lambda in zip(colors, lambdas, strict=True):
-            variant = rows_of_variant(orpo[orpo["model"] == model], "orpo", orpo_lambda)
-            label = f"λ={orpo_lambda:g}"
-            _plot_metric(ax, variant, METRIC_LOGP_CHOSEN, color=color, label=label)
-            _plot_metric(ax, variant, METRIC_LOGP_REJECTED, color=color, linestyle="--")
+        for color, variant in zip(colors, variants, strict=True):
+            rows = rows_of_variant(orpo[orpo["model"] == model], *variant)
+            label = knob_text(variant.orpo_lambda, variant.dpo_beta)
+            _plot_metric(ax, rows, METRIC_LOGP_CHOSEN, color=color, label=label)
+            _plot_metric(ax, rows, METRIC_LOGP_REJECTED, color=color, linestyle="--")
         _style_logp_axis(ax, str(model))
     _figure_legend(fig, axes, title="solid: chosen\ndashed: rejected", title_fontsize=7)
     return to_data_uri(fig)
 
 
 def training_dynamics(
-    curves: pd.DataFrame, models: list[str], variants: list[tuple[str, float]]
+    curves: pd.DataFrame, models: list[str], variants: list[Variant]
 ) -> str | None:
     """Paper Fig. 3: chosen and rejected log-probs over training, a panel per model x variant."""
+    fig = training_dynamics_figure(curves, models, variants)
+    return None if fig is None else to_data_uri(fig)
+
+
+def training_dynamics_figure(
+    curves: pd.DataFrame, models: list[str], variants: list[Variant]
+) -> Figure | None:
+    """The figure of `training_dynamics`, before encoding, so its lines can be inspected.
+
+    Each curve starts at its earliest logged step: step 0, the eval before any update, is where
+    the methods start from, and the plot keeps it (a linear step axis, no falsy-step filter).
+    """
     logp = _logp_curves(curves)
     if logp.empty or not variants:
         return None
@@ -125,19 +152,19 @@ def training_dynamics(
     fig, axes = new_figure(len(present), len(variants), sharey="row")
     for row, model in zip(axes, present, strict=True):
         of_model = logp[logp["model"] == model]
-        for ax, (method, orpo_lambda) in zip(row, variants, strict=True):
-            variant = rows_of_variant(of_model, method, orpo_lambda)
-            if variant.empty:
+        for ax, variant in zip(row, variants, strict=True):
+            rows = rows_of_variant(of_model, *variant)
+            if rows.empty:
                 _empty_panel(ax, "no curve logged")
-            _plot_metric(ax, variant, METRIC_LOGP_CHOSEN, color=COLOR_CHOSEN, label="chosen")
-            _plot_metric(ax, variant, METRIC_LOGP_REJECTED, color=COLOR_REJECTED, label="rejected")
-            _style_logp_axis(ax, f"{model}: {method_label(method, orpo_lambda)}")
+            _plot_metric(ax, rows, METRIC_LOGP_CHOSEN, color=COLOR_CHOSEN, label="chosen")
+            _plot_metric(ax, rows, METRIC_LOGP_REJECTED, color=COLOR_REJECTED, label="rejected")
+            _style_logp_axis(ax, f"{model}: {variant.label}")
     _figure_legend(fig, axes)
-    return to_data_uri(fig)
+    return fig
 
 
 def logratio_histograms(
-    logratios: pd.DataFrame, models: list[str], variants: list[tuple[str, float]]
+    logratios: pd.DataFrame, models: list[str], variants: list[Variant]
 ) -> str | None:
     """Paper Sec. 7.1: log probability ratio vs log odds ratio over held-out pairs, per panel."""
     if logratios.empty or not variants:
@@ -146,20 +173,20 @@ def logratio_histograms(
     fig, axes = new_figure(len(present), len(variants))
     for row, model in zip(axes, present, strict=True):
         of_model = logratios[logratios["model"] == model]
-        for ax, (method, orpo_lambda) in zip(row, variants, strict=True):
-            variant = rows_of_variant(of_model, method, orpo_lambda)
-            ax.set_title(f"{model}: {method_label(method, orpo_lambda)}", fontsize=8)
+        for ax, variant in zip(row, variants, strict=True):
+            pairs = rows_of_variant(of_model, *variant)
+            ax.set_title(f"{model}: {variant.label}", fontsize=8)
             ax.tick_params(labelsize=7)
-            if variant.empty:
+            if pairs.empty:
                 _empty_panel(ax, "no log-probs")
                 continue
-            both = pd.concat([variant["log_prob_ratio"], variant["log_odds_ratio"]]).dropna()
+            both = pd.concat([pairs["log_prob_ratio"], pairs["log_odds_ratio"]]).dropna()
             if both.empty:
                 _empty_panel(ax, "no finite log-probs")
                 continue
             bins = _shared_bins(both)
             ax.hist(
-                variant["log_prob_ratio"].dropna(),
+                pairs["log_prob_ratio"].dropna(),
                 bins=bins,
                 color=COLOR_LOG_PR,
                 alpha=0.6,
@@ -167,7 +194,7 @@ def logratio_histograms(
                 label="log prob. ratio",
             )
             ax.hist(
-                variant["log_odds_ratio"].dropna(),
+                pairs["log_odds_ratio"].dropna(),
                 bins=bins,
                 color=COLOR_LOG_OR,
                 histtype="step",
@@ -195,17 +222,28 @@ def _comparison_rows(rows: pd.DataFrame, method_a: str, method_b: str) -> pd.Dat
     return rows[(rows["method_a"] == method_a) & (rows["method_b"] == method_b)]
 
 
-def _by_lambda(rows: pd.DataFrame):
-    """Group win-rate rows by ORPO lambda, keeping the NaN group (SFT+DPO vs SFT) too."""
-    for orpo_lambda in rows["orpo_lambda_a"].drop_duplicates().sort_values(na_position="first"):
-        if is_missing(orpo_lambda):
-            yield orpo_lambda, rows[rows["orpo_lambda_a"].isna()]
-        else:
-            yield orpo_lambda, rows[rows["orpo_lambda_a"] == orpo_lambda]
+def _by_knobs(rows: pd.DataFrame, columns):
+    """Split rows into one group per combination of knob values, a missing knob first.
+
+    NaN groups are groups too (SFT+DPO vs SFT has no lambda); a table without a knob column
+    (written before betas were recorded) reads as NaN there, so it still gives one group.
+    """
+    knobs = pd.DataFrame({column: knob_values(rows, column) for column in columns})
+    positions = knobs.groupby(list(columns), dropna=False, sort=False).indices
+    # pandas keys a one-column grouping by the bare value: make every key a tuple.
+    groups = {key if isinstance(key, tuple) else (key,): at for key, at in positions.items()}
+    for key in sorted(groups, key=lambda k: tuple(-1.0 if is_missing(v) else v for v in k)):
+        yield key, rows.iloc[groups[key]]
 
 
-def _line_label(method_a: str, orpo_lambda: float) -> str:
-    return f"λ={orpo_lambda:g}" if method_a == "orpo" else method_label(method_a)
+def _line_label(method_a: str, orpo_lambda_a: float, dpo_beta_a: float, dpo_beta_b: float) -> str:
+    """Within one comparison's panel: A's knobs ("λ=0.1", "β=0.5"), then B's beta if any."""
+    own = knob_text(orpo_lambda_a, dpo_beta_a) or method_label(method_a)
+    return _join_label(own, knob_text(dpo_beta=dpo_beta_b))
+
+
+def _join_label(own: str, opponent: str) -> str:
+    return f"{own} vs {opponent}" if opponent else own
 
 
 def _errorbar(ax, x: list, rows: pd.DataFrame, label: str) -> None:
@@ -232,7 +270,10 @@ def _logp_curves(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plot_metric(ax, rows: pd.DataFrame, metric: str, **style) -> None:
-    """Plot one metric over steps, averaged over seeds (cells of one variant share a step grid)."""
+    """Plot one metric over steps, averaged over seeds (cells of one variant share a step grid).
+
+    Every logged step is drawn, step 0 included: it is the eval before any update.
+    """
     series = rows[rows["metric"] == metric].groupby("step")["value"].mean()
     if not series.empty:
         ax.plot(series.index, series.to_numpy(), linewidth=1.3, **style)

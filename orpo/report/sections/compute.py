@@ -6,10 +6,10 @@ import pandas as pd
 
 from orpo.report.labels import (
     method_label,
-    method_variants,
     model_rank,
     ordered_models,
     rows_of_variant,
+    table_variants,
 )
 from orpo.report.markup import Safe, guide, join, note, num, table, tag
 from orpo.report.sections.common import missing_note
@@ -41,11 +41,9 @@ def _per_method_table(cells: pd.DataFrame, models: list[str]) -> Safe:
     rows = []
     for model in ordered_models(cells, models):
         of_model = cells[cells["model"] == model]
-        for method, orpo_lambda in method_variants(of_model):
-            cost = _mean_cost(rows_of_variant(of_model, method, orpo_lambda))
-            rows.append(
-                [model, method_label(method, orpo_lambda), cost["cells"], *_cost_cells(cost)]
-            )
+        for variant in table_variants(of_model):
+            cost = _mean_cost(rows_of_variant(of_model, *variant))
+            rows.append([model, variant.label, cost["cells"], *_cost_cells(cost)])
     return join(
         [
             table(
@@ -67,6 +65,7 @@ def _pipeline_table(cells: pd.DataFrame, models: list[str]) -> Safe:
         sft, dpo = of_model[of_model["method"] == "sft"], of_model[of_model["method"] == "dpo"]
         baseline = None
         if not sft.empty and not dpo.empty:
+            # every beta costs the same to train: the baseline is their mean
             baseline = _pipeline_cost(_mean_cost(sft), _mean_cost(dpo))
             rows.append([model, "SFT then SFT+DPO", *_cost_cells(baseline), "1.00", "1.00"])
         for orpo_lambda in sorted(

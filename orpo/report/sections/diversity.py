@@ -26,12 +26,11 @@ def _our_table(results: Results) -> Safe:
     rows = []
     for model in ordered_models(diversity, results.meta.models):
         of_model = diversity[diversity["model"] == model]
-        for method, orpo_lambda in policy_variants(of_model):
-            variant = rows_of_variant(of_model, method, orpo_lambda)
-            means = [num(variant[m].mean(), ".4f") for m in METRICS]
-            rows.append(
-                [model, method_label(method, orpo_lambda), *means, variant["seed"].nunique()]
-            )
+        # One row per variant: two betas (or lambdas) averaged would describe no trained model.
+        for variant in policy_variants(of_model):
+            cells = rows_of_variant(of_model, *variant)
+            means = [num(cells[m].mean(), ".4f") for m in METRICS]
+            rows.append([model, variant.label, *means, cells["seed"].nunique()])
     if not rows:
         return note("The diversity table has no rows for SFT, SFT+DPO or ORPO.")
     embedders = ", ".join(sorted({str(e) for e in diversity["embedder"].dropna().unique()}))
@@ -42,7 +41,8 @@ def _our_table(results: Results) -> Safe:
             guide(
                 "PID: mean cosine similarity among one prompt's samples; AID: among the first "
                 "samples of different prompts. Lower PID/AID = more diverse; higher distinct-n "
-                "(share of unique n-grams) = more diverse. Means over seeds."
+                "(share of unique n-grams) = more diverse. A row per method and λ or β; means over "
+                "seeds."
             ),
         ]
     )

@@ -31,7 +31,8 @@ def _win_rate_vs_lambda(results: Results) -> Safe:
         figure(
             uri,
             "ORPO win rate against lambda",
-            "each line is a model size; x is λ, y ORPO's win rate with its 95% CI. A line that "
+            "each line is a model size (against SFT+DPO, one per β it was trained with); x is "
+            "λ, y ORPO's win rate with its 95% CI. A line that "
             "peaks in the middle means both too little and too much odds-ratio weight hurt.",
         )
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orpo.report import plots
-from orpo.report.labels import method_label, ordered_models, policy_variants, rows_of_variant
+from orpo.report.labels import Variant, ordered_models, policy_variants, rows_of_variant
 from orpo.report.markup import Safe, figure, guide, join, note, num, pct, table
 from orpo.report.sections.common import missing_note
 from orpo.report.tables import Results
@@ -36,21 +36,21 @@ def render(results: Results) -> Safe:
     )
 
 
-def _summary_table(results: Results, variants: list[tuple[str, float]]) -> Safe:
+def _summary_table(results: Results, variants: list[Variant]) -> Safe:
     logratios = results.logratios
     rows = []
     for model in ordered_models(logratios, results.meta.models):
         of_model = logratios[logratios["model"] == model]
-        for method, orpo_lambda in variants:
-            variant = rows_of_variant(of_model, method, orpo_lambda)
-            if variant.empty:
+        for variant in variants:
+            pairs = rows_of_variant(of_model, *variant)
+            if pairs.empty:
                 continue
-            pr, odds = variant["log_prob_ratio"], variant["log_odds_ratio"]
+            pr, odds = pairs["log_prob_ratio"], pairs["log_odds_ratio"]
             rows.append(
                 [
                     model,
-                    method_label(method, orpo_lambda),
-                    len(variant),
+                    variant.label,
+                    len(pairs),
                     f"{num(pr.mean())} ± {num(pr.std())}",
                     f"{num(odds.mean())} ± {num(odds.std())}",
                     pct((odds > 0).mean()),
@@ -68,8 +68,9 @@ def _summary_table(results: Results, variants: list[tuple[str, float]]) -> Safe:
         [
             table(headers, rows),
             guide(
-                "pooled over seeds; 'chosen preferred' is the share of pairs with a positive log "
-                "odds ratio (the same pairs have a positive log probability ratio)."
+                "a row per method and λ or β, pooled over seeds; 'chosen preferred' is the share "
+                "of pairs with a positive log odds ratio (the same pairs have a positive log "
+                "probability ratio)."
             ),
         ]
     )

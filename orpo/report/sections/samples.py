@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from orpo.report.labels import method_label, ordered_models, policy_variants, rows_of_variant
+from orpo.report.labels import KNOBS, knob_values, ordered_models, policy_variants, rows_of_variant
 from orpo.report.markup import Safe, guide, join, note, num, preformatted, table, tag
 from orpo.report.sections.common import missing_note
 from orpo.report.tables import GREEDY_SAMPLE_INDEX, Results
@@ -38,14 +38,10 @@ def render(results: Results) -> Safe:
 
 
 def _shared_prompt_ids(samples: pd.DataFrame) -> list:
-    """The prompts answered by the most (model, method, lambda) variants, so rows line up."""
-    variant_key = (
-        samples["model"].astype(str)
-        + "|"
-        + samples["method"].astype(str)
-        + "|"
-        + samples["orpo_lambda"].astype(str)
-    )
+    """The prompts answered by the most (model, method, lambda, beta) variants, so rows line up."""
+    variant_key = samples["model"].astype(str) + "|" + samples["method"].astype(str)
+    for knob in KNOBS:
+        variant_key = variant_key + "|" + knob_values(samples, knob).astype(str)
     coverage = variant_key.groupby(samples["prompt_id"]).nunique()
     ranked = coverage.reset_index(name="variants").sort_values(
         ["variants", "prompt_id"], ascending=[False, True], key=_sortable
@@ -62,8 +58,8 @@ def _prompt_block(results: Results, of_prompt: pd.DataFrame) -> Safe:
     rows = []
     for model in ordered_models(of_prompt, results.meta.models):
         of_model = of_prompt[of_prompt["model"] == model]
-        for method, orpo_lambda in policy_variants(of_model):
-            sample = _one_sample(rows_of_variant(of_model, method, orpo_lambda))
+        for variant in policy_variants(of_model):
+            sample = _one_sample(rows_of_variant(of_model, *variant))
             label = (
                 "greedy"
                 if sample["sample_index"] == GREEDY_SAMPLE_INDEX
@@ -72,7 +68,7 @@ def _prompt_block(results: Results, of_prompt: pd.DataFrame) -> Safe:
             rows.append(
                 [
                     model,
-                    method_label(method, orpo_lambda),
+                    variant.label,
                     label,
                     num(sample["reward"], ".3f"),
                     preformatted(_cut(sample["text"])),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orpo.report import plots
-from orpo.report.labels import policy_variants
+from orpo.report.labels import Variant, policy_variants
 from orpo.report.markup import Safe, figure, note
 from orpo.report.sections.common import missing_note
 from orpo.report.tables import Results
@@ -17,13 +17,21 @@ def render(results: Results) -> Safe:
     if missing:
         return missing
     curves = results.curves
-    uri = plots.training_dynamics(curves, results.meta.models, policy_variants(curves))
+    variants = policy_variants(curves)
+    uri = plots.training_dynamics(curves, results.meta.models, variants)
     if uri is None:
         return note("No eval/logp_chosen or eval/logp_rejected curves were logged.")
     return figure(
         uri,
         "Chosen and rejected log-probs over training per method",
-        "held-out pairs, logged at every eval step; a row per model size, a column per method; blue is the chosen response's mean "
-        "log-prob per token, red the rejected one's, averaged over seeds. The paper's finding: "
-        "under SFT the rejected log-prob rises with the chosen one, ORPO keeps it down.",
+        "held-out pairs, logged at every eval step from the first (step 0, before any update, "
+        "where it was logged); a row per model size, a column per method and λ or β; blue is "
+        "the chosen response's mean log-prob per token, red the rejected one's, averaged over "
+        "seeds. The paper's finding: under SFT the rejected log-prob rises with the chosen one, "
+        f"ORPO keeps it down. {_columns(variants)}",
     )
+
+
+def _columns(variants: list[Variant]) -> str:
+    # Named in the text too: the panel titles are pixels, invisible to search and screen readers.
+    return "Columns, left to right: " + ", ".join(v.label for v in variants) + "."

@@ -27,8 +27,9 @@ def render(results: Results) -> Safe:
                 uri,
                 "Win rate per model size for each comparison",
                 "each point is A's win rate against B (judge: "
-                f"{headline.judge}); bars are 95% CIs; above the dotted 50% line A "
-                "wins. Compare how the gap moves as models grow, left to right.",
+                f'{headline.judge}); a line per λ or β ("vs β": the SFT+DPO it '
+                "faced); bars are 95% CIs; above the dotted 50% line A wins. Compare how the "
+                "gap moves as models grow, left to right.",
             ),
         ]
     )
