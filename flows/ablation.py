@@ -13,8 +13,9 @@ from typing import Any
 
 from prefect import flow, get_client, get_run_logger
 from prefect.futures import wait
+from prefect.runtime import flow_run
 
-from orpo import tracking
+from orpo import live_runs, recovery, tracking
 from orpo.config import (
     DpoBeta,
     Experiment,
@@ -83,10 +84,14 @@ def orpo_ablation(
         },
     )
     tracking.MlflowSink(parent).log_params(exp.model_dump(mode="json"))
+    this_run = str(flow_run.id)
+    recovery.crash_dead_runs(exp.name, logger.warning)
+    live_runs.register(exp.name, this_run, parent)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(
             training_slots(exp.name), exp.resources.max_parallel_cells
         )
+    recovery.reclaim_slots(exp.name, this_run, training_slots(exp.name), logger.warning)
 
     try:
         trained, evaluated = _fan_out(exp, experiment_file, args, parent, fail_cells or {})
@@ -102,6 +107,8 @@ def orpo_ablation(
         stop_live_cells()
         tracking.end_run(parent, "KILLED")
         raise
+    finally:
+        live_runs.unregister(exp.name, this_run)
     tracking.end_run(parent, "FAILED" if unfinished else "FINISHED")
     if unfinished:
         logger.warning("cells that did not finish: %s (the report says why)", ", ".join(unfinished))

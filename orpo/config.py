@@ -129,10 +129,16 @@ class EvalConfig(Strict):
     )
     rm_model: str = Field("opt-medium", description="size of the Bradley-Terry judge (rm cell)")
     n_bootstrap: int = Field(1000, ge=100)
-    base_row: bool | None = Field(
-        None,
-        description="also generate from the untrained base and compare every method with it; "
-        "default: for pretrained models (not for random presets)",
+    base_row: bool = Field(
+        True,
+        description="also generate from the untrained base (for a preset: the pretrain cell's "
+        "model, or its random init) and compare every method with it; SFT vs base is the "
+        "report's positive control",
+    )
+    resample_control: bool = Field(
+        True,
+        description="sample the first seed's SFT policy again with another sampling seed and "
+        "compare it with itself: the report's negative control",
     )
     embedder: str = Field("all-MiniLM-L6-v2", description="sentence embedder for diversity")
 
@@ -140,6 +146,11 @@ class EvalConfig(Strict):
 class ResourcesConfig(Strict):
     procs_per_cell: int = Field(1, ge=1, description="DeepSpeed processes per training cell")
     max_parallel_cells: int = Field(1, ge=1, description="cells training at the same time")
+    slot_timeout_s: float = Field(
+        86_400.0,  # a float, as it reads back from job.json: the cell key hashes it
+        gt=0,
+        description="a cell waiting longer than this for a training slot fails, naming the limit",
+    )
     zero_stage: Literal[0, 1, 2, 3] = 3
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -282,6 +293,8 @@ class Cell(Strict):
     orpo_lambda: float | None = None
     dpo_beta: float | None = None
     depends_on: list[str] = []
+    resample_of: str | None = None
+    """Set on a negative-control cell: the trained cell whose model it samples again."""
 
 
 def _fmt(x: float) -> str:
@@ -333,11 +346,7 @@ def rm_cell_id(exp: Experiment) -> str:
 
 
 def has_base_row(exp: Experiment, model: str) -> bool:
-    if exp.eval.base_row is not None:
-        return exp.eval.base_row
-    from orpo.models import is_preset  # not at import: config stays free of torch
-
-    return not is_preset(exp.model_path(model))
+    return exp.eval.base_row
 
 
 def base_cells(exp: Experiment) -> list[Cell]:
@@ -358,9 +367,39 @@ def base_cells(exp: Experiment) -> list[Cell]:
     ]
 
 
+RESAMPLED_SUFFIX = "-resampled"
+# Added to a cell's seed for its negative-control samples: another sampling stream, same weights.
+RESAMPLE_SEED_OFFSET = 10_007
+
+
+def control_cells(exp: Experiment) -> list[Cell]:
+    """The negative controls: the first seed's SFT policy of every model, sampled again with
+    another sampling seed (`RESAMPLE_SEED_OFFSET`). Judged against the original samples, a sound
+    pipeline finds no winner. Not trained: they read the SFT cell's model."""
+    if not exp.eval.resample_control or "sft" not in exp.methods:
+        return []
+    seed = exp.seeds[0]
+    controls = []
+    for model in exp.model_names:
+        sft = cell_id("sft", model, seed)
+        controls.append(
+            Cell(
+                id=sft + RESAMPLED_SUFFIX,
+                stage="sft",
+                model=model,
+                seed=seed,
+                depends_on=[sft],
+                resample_of=sft,
+            )  # fmt: skip
+        )
+    return controls
+
+
 def evaluated_cells(exp: Experiment) -> list[Cell]:
-    """Everything that generates and is judged: the trained policies, then the base rows."""
-    return [c for c in expand_cells(exp) if c.stage in POLICY_STAGES] + base_cells(exp)
+    """Everything that generates and is judged: the trained policies, the base rows, then the
+    negative controls."""
+    policies = [c for c in expand_cells(exp) if c.stage in POLICY_STAGES]
+    return policies + base_cells(exp) + control_cells(exp)
 
 
 def optim_for(exp: Experiment, stage: Stage) -> OptimConfig:
@@ -381,8 +420,17 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; unknown keys are errors)"
-        lines.append(f"  - {where}: {msg}")
+        lines.append(f"  - {where}: {msg}{_given(e)}")
     return "\n".join(lines)
+
+
+def _given(error: dict) -> str:
+    """', got <value>' for a field's offending value; nothing for whole-section checks, whose
+    input is the section itself (their message names the values)."""
+    if not error["loc"] or "input" not in error or isinstance(error["input"], dict):
+        return ""
+    text = repr(error["input"])
+    return f", got {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:

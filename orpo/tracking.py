@@ -196,3 +196,23 @@ def download_latest_results(experiment: str, dest: Path) -> Path | None:
             client.download_artifacts(run.info.run_id, "results", str(dest))
             return dest / "results"
     return None
+
+
+def fail_runs_of_flow_run(experiment: str, flow_run_id: str, reason: str) -> list[str]:
+    """Mark every MLflow run of the experiment still RUNNING under `flow_run_id` (the parent and
+    its cells) FAILED, with the reason as the `orpo.failure_reason` tag; returns their ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(default_tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id],
+        f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'",
+        max_results=10_000,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "orpo.failure_reason", reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in runs]

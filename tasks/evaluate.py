@@ -6,13 +6,12 @@ import os
 from contextlib import contextmanager
 
 from prefect import get_run_logger, task
-from prefect.concurrency.sync import concurrency
 
 from orpo.config import Experiment
 from orpo.evaluation.cell import default_rm_model_dir
 from orpo.evaluation.collect import evaluate_cell, judge_cell, judge_quality
 from tasks.common import load
-from tasks.train import training_slots
+from tasks.train import training_slot
 
 
 @contextmanager
@@ -39,7 +38,7 @@ def reward_model_dir(exp: Experiment) -> str | None:
 @task(name="generate", task_run_name="generate-{cell_id}")
 def generate_task(experiment_file: str, overrides: list[str], cell_id: str) -> str:
     exp = load(experiment_file, overrides)
-    with concurrency(training_slots(exp.name), occupy=1):  # generation is as CPU-hungry
+    with training_slot(exp, f"generate {cell_id}", get_run_logger().info):  # as CPU-hungry
         with torch_threads(exp):
             out = evaluate_cell(exp, cell_id)
     get_run_logger().info("%s: samples in %s", cell_id, out)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
 from orpo import tracking
-from orpo.config import expand_cells
+from orpo.config import Experiment, expand_cells
 from orpo.pipeline import finished_result, make_job, require_inputs, train_cell
 from orpo.training.job import cell_key
 from tasks.common import flow_run_info, load
@@ -17,6 +20,31 @@ from tasks.common import flow_run_info, load
 def training_slots(experiment: str) -> str:
     """Name of the global concurrency limit that caps cells training at once."""
     return f"orpo-train-{experiment}"
+
+
+class SlotTimeout(RuntimeError):
+    """No training slot freed in time."""
+
+
+@contextmanager
+def training_slot(exp: Experiment, what: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold one of the experiment's training slots, saying while it waits and giving up after
+    resources.slot_timeout_s with an error that names the limit."""
+    name, started, acquired = training_slots(exp.name), time.monotonic(), False
+    log(f"{what}: waiting for one of {exp.resources.max_parallel_cells} training slot(s) ({name})")
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=exp.resources.slot_timeout_s):
+            acquired = True
+            log(f"{what}: got a training slot after {time.monotonic() - started:.0f} s")
+            yield
+    except TimeoutError as err:
+        if acquired:
+            raise  # the work's own timeout, not the wait
+        raise SlotTimeout(
+            f"{what}: no training slot of {name} came free within resources.slot_timeout_s="
+            f"{exp.resources.slot_timeout_s:g} s (every slot stayed taken; a run that died "
+            "holding slots is cleaned up when the experiment starts again)"
+        ) from err
 
 
 @task(name="train-cell", task_run_name="train-{cell_id}")
@@ -42,25 +70,34 @@ def train_cell_task(
     earlier = finished_result(job)
     if earlier is not None:  # same key: reuse, but still show the cell under this parent run
         tags["orpo.cached_from_run"] = _previous_run_id(job)
-    run_id = tracking.create_run(exp.name, cell_id, tags, parent_run_id=parent_run_id)
-    job = job.model_copy(
-        update={"mlflow_run_id": run_id, "tracking_uri": tracking.default_tracking_uri()}
-    )
     (job.out / "failure.json").unlink(missing_ok=True)
+    run_id = None
+
+    def start_run():
+        # the MLflow run exists only once the cell starts, so no queued cell shows as RUNNING
+        nonlocal run_id, job
+        run_id = tracking.create_run(exp.name, cell_id, tags, parent_run_id=parent_run_id)
+        job = job.model_copy(
+            update={"mlflow_run_id": run_id, "tracking_uri": tracking.default_tracking_uri()}
+        )
+
     try:
         if earlier is not None:
+            start_run()
             result = {**earlier, "status": "cached"}
             logger.info("%s: finished earlier with the same key, not retrained", cell_id)
             _log_cached(run_id, job, earlier)
         else:
-            with concurrency(training_slots(exp.name), occupy=1):
+            with training_slot(exp, cell_id, logger.info):
+                start_run()
                 result = train_cell(job, on_line=logger.info)
     except Exception as err:
         job.out.mkdir(parents=True, exist_ok=True)
         (job.out / "failure.json").write_text(
             json.dumps({"cell_id": cell_id, "error": str(err)[-4000:]})
         )
-        tracking.end_run(run_id, "FAILED")
+        if run_id is not None:
+            tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id)
     logger.info(

@@ -11,7 +11,11 @@ A trained policy cell (sft, dpo, orpo) `runs/<exp>/cells/<cell_id>/` gains:
                                (<judge> = `judge_slug(judge name)`), so judges never share a file
     rewards/<judge>.json       the judge's name, key and seconds
 
-and the experiment gains `runs/<exp>/judges/<judge>.json`: the judge's agreement with held-out
+A base row (`base-<model>-s<seed>`, the untrained starting model) and a negative control
+(`sft-<model>-s<seed>-resampled`: the SFT cell's model sampled again with another sampling seed;
+no log-ratios, they would equal the original's) get the same files in their own folders.
+
+The experiment gains `runs/<exp>/judges/<judge>.json`: the judge's agreement with held-out
 pairs (`judge_quality`). Every step is keyed by its inputs (model and data content hashes,
 settings) and skipped when its files already hold the result for the same key.
 
@@ -29,9 +33,11 @@ from orpo import paths
 from orpo.config import (
     BASE,
     POLICY_STAGES,
+    RESAMPLE_SEED_OFFSET,
     Cell,
     Experiment,
     base_cells,
+    control_cells,
     evaluated_cells,
     expand_cells,
     rm_cell_id,
@@ -47,7 +53,7 @@ from orpo.evaluation.judges import (
     model_label,
 )
 from orpo.evaluation.logratios import model_log_ratio_rows
-from orpo.models import build_model, load_tokenizer
+from orpo.models import build_model, is_preset, load_tokenizer
 from orpo.pipeline import starting_point
 from orpo.training.engine import eval_placement
 from orpo.training.job import hash_dir, hash_files
@@ -60,7 +66,7 @@ JUDGES_DIR = "judges"
 
 
 def find_cell(exp: Experiment, cell: str) -> Cell:
-    cells = {c.id: c for c in [*expand_cells(exp), *base_cells(exp)]}
+    cells = {c.id: c for c in [*expand_cells(exp), *base_cells(exp), *control_cells(exp)]}
     if cell not in cells:
         raise KeyError(f"no cell {cell!r} in experiment {exp.name}")
     return cells[cell]
@@ -124,8 +130,13 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
             f"not {spec.stage!r}"
         )
     out = paths.cell_dir(exp.name, cell)
-    model_dir = Path(starting_point(exp, spec)) if spec.stage == BASE else out / "model"
-    if not model_dir.is_dir():
+    model_dir = _model_dir(exp, spec)
+    sampling_seed = spec.seed + (RESAMPLE_SEED_OFFSET if spec.resample_of else 0)
+    # a random preset's base row has no folder: it is rebuilt from its name and seed, with the
+    # tokenizer trained on the experiment's data, exactly as its cells were
+    random_base = spec.stage == BASE and is_preset(str(model_dir))
+    tokenizer_dir = paths.data_dir(exp.name) / "tokenizer" if random_base else model_dir
+    if not random_base and not model_dir.is_dir():
         raise FileNotFoundError(f"cell {cell}: no model at {model_dir} (train it first)")
     device, dtype = eval_placement(exp.resources)
     settings = {
@@ -133,19 +144,24 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
         "temperature": exp.eval.temperature,
         "max_new_tokens": exp.eval.max_new_tokens,
         "batch_size": exp.eval.batch_size,
-        "seed": spec.seed,
+        "seed": sampling_seed,
         "max_length": exp.data.max_length,
         "max_prompt_length": exp.data.max_prompt_length,
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
     }
-    key = _key({**settings, "model": hash_dir(model_dir), "test": hash_files([heldout_path(exp)])})
+    model_version = (
+        {"preset": str(model_dir), "tokenizer": hash_dir(tokenizer_dir)}
+        if random_base
+        else hash_dir(model_dir)
+    )
+    key = _key({**settings, "model": model_version, "test": hash_files([heldout_path(exp)])})
     samples, logratios = out / SAMPLES_FILE, out / LOGRATIOS_FILE
     done = _read_json(out / EVALUATION_FILE)
     if done and done.get("key") == key and samples.is_file() and logratios.is_file():
         return samples
 
-    tokenizer = load_tokenizer(str(model_dir))
+    tokenizer = load_tokenizer(str(tokenizer_dir))
     # build_model, not load_model: a base row's folder may lack the pad token's embedding row,
     # which build_model adds exactly as it did for the cells trained from that folder
     model = build_model(str(model_dir), tokenizer, seed=spec.seed, dtype=dtype).to(device)
@@ -154,13 +170,18 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
     rows = generate_samples(
         model, tokenizer, examples, k=exp.eval.samples_per_prompt,
         temperature=exp.eval.temperature, max_new_tokens=exp.eval.max_new_tokens,
-        batch_size=exp.eval.batch_size, seed=spec.seed,
+        batch_size=exp.eval.batch_size, seed=sampling_seed,
         max_prompt_length=exp.data.max_prompt_length,
     )  # fmt: skip
     generation_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    ratios = model_log_ratio_rows(
-        model, tokenizer, examples, exp.data.max_length, exp.data.max_prompt_length
+    # a resampled control has its original's weights, hence its log-ratios: not computed twice
+    ratios = (
+        []
+        if spec.resample_of
+        else model_log_ratio_rows(
+            model, tokenizer, examples, exp.data.max_length, exp.data.max_prompt_length
+        )
     )
     logratio_seconds = time.perf_counter() - started
     write_rows(rows, samples)
@@ -171,6 +192,14 @@ def evaluate_cell(exp: Experiment, cell: str) -> Path:
         "generation_seconds": generation_seconds, "logratio_seconds": logratio_seconds,
     })  # fmt: skip
     return samples
+
+
+def _model_dir(exp: Experiment, cell: Cell) -> Path:
+    """The weights a cell generates from: a base row's starting point, a control's original
+    cell's model, else the cell's own trained model."""
+    if cell.stage == BASE:
+        return Path(starting_point(exp, cell))
+    return paths.cell_dir(exp.name, cell.resample_of or cell.id) / "model"
 
 
 def _judge_version(judge_spec: str, rm_model_dir: str | Path | None) -> str:

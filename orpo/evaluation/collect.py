@@ -32,7 +32,15 @@ from pathlib import Path
 import pandas as pd
 
 from orpo import paths
-from orpo.config import BASE, Cell, Experiment, evaluated_cells, expand_cells, load_experiment
+from orpo.config import (
+    BASE,
+    Cell,
+    Experiment,
+    control_cells,
+    evaluated_cells,
+    expand_cells,
+    load_experiment,
+)
 from orpo.data.schema import PreferenceExample, read_jsonl, read_rows
 from orpo.diversity import lexical_diversity, load_embedder
 from orpo.evaluation.cell import (
@@ -299,17 +307,22 @@ def build_tables(
     finished = [c for c, row in zip(cells, cell_rows, strict=True) if row["status"] != "failed"]
     # policies that trained, and the base rows (their samples exist once they were evaluated)
     policies = [c for c in evaluated_cells(exp) if c in finished or c.stage == BASE]
+    # the negative controls count only in win rates: elsewhere they would double their original
+    finished_ids = {c.id for c in finished}
+    controls = [c for c in control_cells(exp) if c.resample_of in finished_ids]
     examples = (
         {ex.id: ex for ex in read_jsonl(heldout_path(exp))} if heldout_path(exp).is_file() else {}
     )
     samples = _load_cell_samples(exp, policies)
-    rewards = _load_rewards(exp, policies)
+    control_samples = _load_cell_samples(exp, controls)
+    rewards = _load_rewards(exp, policies + controls)
     if exp.data.source == "synthetic" and not samples.empty:
+        generated = pd.concat([samples, control_samples], ignore_index=True)
         rewards = pd.concat(
-            [rewards[rewards["judge"] != ORACLE], _oracle_rewards(samples, examples)],
+            [rewards[rewards["judge"] != ORACLE], _oracle_rewards(generated, examples)],
             ignore_index=True,
         )
-    usable = set(samples["cell_id"])
+    usable = set(samples["cell_id"]) | set(control_samples["cell_id"])
     headline = judge_name(exp)
     headline_rewards = rewards[rewards["judge"] == headline]
     keys = ["cell_id", "prompt_id", "sample_index"]

@@ -52,7 +52,9 @@ PAPER_DIVERSITY = (
 # the paper's kind of judge; "oracle" (synthetic ground truth) is not.
 REWARD_MODEL_JUDGE_PREFIX = "reward-model"
 
-_OPT_SIZE_PATTERN = re.compile(r"opt[-_]?(125m|350m|1\.3b)(?![0-9a-z])", re.IGNORECASE)
+# The pretrained OPT only: a name that goes on ("opt-125m-shape", a random model built from the
+# config; "opt-350m-mine", a user's fine-tune) is another model of the same size.
+_OPT_SIZE_PATTERN = re.compile(r"opt[-_]?(125m|350m|1\.3b)(?![0-9a-z_-])", re.IGNORECASE)
 
 
 def paper_model_size(model: str) -> str | None:

@@ -22,6 +22,7 @@ from orpo.report.markup import (
     tag,
 )
 from orpo.report.sections import SECTIONS
+from orpo.report.sections.common import headline_judge
 from orpo.report.tables import Results, load_results, table_file
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,12 @@ def _render_section(results: Results, module) -> Safe:
 
 
 def _meta_block(results: Results) -> Safe:
+
     meta = results.meta
     items: list[tuple[str, object]] = [
         ("Data source", meta.data_source),
-        ("Judge", meta.judge),
+        ("Experiment's judge", meta.judge),
+        ("Headline judge", headline_judge(results)),
         ("Models (size order)", ", ".join(meta.models) or "—"),
         ("ORPO λ", ", ".join(format_number(x) for x in meta.orpo_lambdas) or "—"),
         ("Seeds", ", ".join(str(s) for s in meta.seeds) or "—"),

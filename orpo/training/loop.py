@@ -177,6 +177,12 @@ def run_loop(
             state.resumed_from = state.step
             sink.on_resume(state.step)
             log(f"resumed from checkpoint at step {state.step}")
+    if state.step == 0:
+        # Where every method starts, so the dynamics plots show what training changed. Not a
+        # candidate for the best checkpoint: a cell keeps weights it trained.
+        eval_metrics, n_fwd = evaluate(engine, data, obj_cfg, ref_eval, cfg.eval_batch_size)
+        state.eval_forward_passes += n_fwd * engine.world_size
+        sink.log_metrics(0, eval_metrics)
     engine.train(True)
     while state.step < cfg.total_steps:
         t0 = time.perf_counter()

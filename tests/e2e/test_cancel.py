@@ -30,9 +30,7 @@ def cell_processes(home: Path) -> list[str]:
     return pids
 
 
-def test_sigterm_stops_training_processes(tmp_path):
-    long_sft = {**MICRO, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
-    (tmp_path / "e.yaml").write_text(yaml.safe_dump(long_sft))
+def _env(tmp_path: Path) -> dict:
     env = dict(
         os.environ,
         ORPO_HOME=str(tmp_path),
@@ -40,6 +38,13 @@ def test_sigterm_stops_training_processes(tmp_path):
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
     )
     env.pop("PREFECT_API_URL", None)  # `orpo run` starts its own temporary API
+    return env
+
+
+def test_sigterm_stops_training_processes(tmp_path):
+    long_sft = {**MICRO, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(long_sft))
+    env = _env(tmp_path)
     orpo = Path(sys.executable).parent / "orpo"
     run = subprocess.Popen(
         [orpo, "run", str(tmp_path / "e.yaml")],
@@ -65,3 +70,58 @@ def test_sigterm_stops_training_processes(tmp_path):
         run.kill()
         for pid in cell_processes(tmp_path):
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_rerun_after_kill_9_reclaims_the_slots_and_marks_the_dead_run(tmp_path):
+    """kill -9 of `orpo run` while a cell holds the only training slot, as an OOM kill or a lost
+    machine would: the re-run must not wait forever on that slot, and the dead run's MLflow runs
+    must not stay RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    # SFT alone, judged by the oracle: the smallest grid that trains, generates and reports
+    one_slot = {
+        **MICRO,
+        "methods": ["sft"],
+        "eval": {**MICRO["eval"], "judge": "oracle"},
+        "resources": {**MICRO["resources"], "max_parallel_cells": 1},
+    }
+    long_sft = {**one_slot, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(long_sft))
+    orpo, env = Path(sys.executable).parent / "orpo", _env(tmp_path)
+    run = subprocess.Popen(
+        [orpo, "run", str(tmp_path / "e.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "runs/micro/cells/sft-opt-tiny-s0/metrics.jsonl").is_file():
+            assert time.time() < deadline, "the SFT cell never started training"
+            assert run.poll() is None, "orpo run ended before the SFT cell trained"
+            time.sleep(1)
+        for pid in [str(run.pid), *cell_processes(tmp_path)]:  # the whole machine goes down
+            os.kill(int(pid), signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        run.kill()
+        for pid in cell_processes(tmp_path):
+            os.kill(int(pid), signal.SIGKILL)
+
+    rerun = subprocess.run(
+        [orpo, "run", str(tmp_path / "e.yaml"), "--set", "sft.max_steps=3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=480,  # without the reclaim it waits on the dead run's slot for ever
+    )
+    log = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, log[-3000:]
+    assert "reclaimed 1 training slot(s)" in log
+    assert "marked crashed" in log
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("micro")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert any("died" in r.data.tags.get("orpo.failure_reason", "") for r in failed)

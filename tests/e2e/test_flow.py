@@ -47,6 +47,10 @@ def parent_runs(home):
     return runs
 
 
+def meta_notes(results) -> list[str]:
+    return json.loads((results / "meta.json").read_text())["notes"]
+
+
 def test_first_run_trains_every_cell_and_reports(env):
     from flows.ablation import orpo_ablation
 
@@ -68,6 +72,15 @@ def test_first_run_trains_every_cell_and_reports(env):
     results = home / "runs" / "micro" / "results"
     win_rates = pd.read_parquet(results / "win_rates.parquet")
     assert {"sft", "dpo"} <= set(win_rates.method_b)
+    # the controls ran: SFT vs the random base it started from, SFT vs its resampled answers
+    controls = win_rates[win_rates.comparison != "method"]
+    assert set(zip(controls.comparison, controls.cell_b, strict=True)) >= {
+        ("positive-control", "base-opt-tiny-s0"),
+        ("negative-control", "sft-opt-tiny-s0-resampled"),
+    }
+    assert not meta_notes(results), meta_notes(results)  # nothing was skipped
+    page = open(html, encoding="utf-8").read()
+    assert "Controls" in page and "Judges, best first" in page and "p (Holm)" in page
     cells = pd.read_parquet(results / "cells.parquet")
     assert set(cells.status) == {"completed"}
 

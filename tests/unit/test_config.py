@@ -104,3 +104,26 @@ def test_plan_cli_exit_codes(tmp_path, capsys):
     assert "orpo_lambdas" in err and "bad.yaml" in err
     assert main(["plan", str(tmp_path / "missing.yaml")]) == 2
     assert not list(tmp_path.glob("runs")), "plan must write nothing"
+
+
+@pytest.mark.parametrize(
+    ("raw", "quoted"),
+    [
+        ({**MINIMAL, "methods": ["sft", "ppo-magic"]}, "methods.1: Input should be 'sft', 'dpo' or "
+         "'orpo', got 'ppo-magic'"),
+        ({**MINIMAL, "orpo_lambdas": [-0.5]}, "-0.5"),
+        ({**MINIMAL, "resources": {"zero_stage": 4}}, "got 4"),
+        ({**MINIMAL, "sft": {"lr": 1e-5, "epochs": 1, "batch_sise": 8}}, "got 8"),
+    ],
+)  # fmt: skip
+def test_errors_quote_the_value_given(raw, quoted):
+    with pytest.raises(ConfigError) as err:
+        parse_experiment(raw, "test.yaml")
+    assert quoted in str(err.value)
+
+
+def test_a_bad_override_is_quoted_too(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    with pytest.raises(ConfigError, match=r"sft\.batch_size: .*, got 'eight'"):
+        load_experiment(path, ["sft.batch_size=eight"])

@@ -230,24 +230,24 @@ def test_experiment_schema_has_models_as_entries():
 # --- base rows ---------------------------------------------------------------------------------
 
 
-def test_pretrained_models_get_a_base_row_and_random_presets_none():
+def test_every_model_gets_a_base_row_unless_switched_off():
     from orpo.config import base_cells, evaluated_cells
-    from orpo.evaluation.winrates import comparisons
+    from orpo.evaluation.winrates import POSITIVE_CONTROL, comparisons
 
     exp = parse_experiment(
         {**MICRO, "models": ["opt-tiny", {"name": "smol", "path": "/abs/SmolLM2"}]}
     )
-    assert [c.id for c in base_cells(exp)] == ["base-smol-s0"]
-    assert [c.id for c in evaluated_cells(exp)][-1] == "base-smol-s0"
-    versus = {(a.id, b.id) for a, b in comparisons(exp, "smol", 0) if b.stage == "base"}
+    assert [c.id for c in base_cells(exp)] == ["base-opt-tiny-s0", "base-smol-s0"]
+    assert "base-smol-s0" in [c.id for c in evaluated_cells(exp)]
+    versus = {(a.id, b.id, kind) for a, b, kind in comparisons(exp, "smol", 0) if b.stage == "base"}
     assert versus == {
-        ("sft-smol-s0", "base-smol-s0"),
-        ("dpo-smol-b0.1-s0", "base-smol-s0"),
-        ("orpo-smol-l0.5-s0", "base-smol-s0"),
+        ("sft-smol-s0", "base-smol-s0", POSITIVE_CONTROL),
+        ("dpo-smol-b0.1-s0", "base-smol-s0", "method"),
+        ("orpo-smol-l0.5-s0", "base-smol-s0", "method"),
     }
-    assert not any(b.stage == "base" for _, b in comparisons(exp, "opt-tiny", 0))
-    forced = parse_experiment({**MICRO, "eval": {**MICRO["eval"], "base_row": True}})
-    assert [c.id for c in base_cells(forced)] == ["base-opt-tiny-s0"]
+    off = parse_experiment({**MICRO, "eval": {**MICRO["eval"], "base_row": False}})
+    assert base_cells(off) == []
+    assert not any(b.stage == "base" for _, b, _ in comparisons(off, "opt-tiny", 0))
 
 
 def test_a_base_row_starts_where_its_methods_start():
@@ -332,3 +332,25 @@ def test_evaluation_runs_on_the_training_device_in_the_training_precision():
     assert eval_placement(ResourcesConfig(device="cpu")) == (torch.device("cpu"), torch.float32)
     forced = eval_placement(ResourcesConfig(device="cuda", precision="fp32"))
     assert forced == (torch.device("cuda"), torch.float32)
+
+
+def test_a_cell_key_survives_the_job_file_round_trip(tmp_path, monkeypatch):
+    """The worker recomputes the key from job.json: a value that reads back as another type
+    (an int default of a float field comes back 86400.0) would retrain every cell next run."""
+    from pathlib import Path
+
+    from orpo.config import expand_cells
+    from orpo.pipeline import make_job
+    from orpo.training.job import CellJob, cell_key
+
+    monkeypatch.setenv("ORPO_HOME", str(tmp_path))
+    exp = parse_experiment(MICRO)
+    data = tmp_path / "runs" / "micro" / "data"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("{}\n")
+    for cell in expand_cells(exp):
+        job = make_job(exp, cell)
+        if job.init_from:  # the checkpoint it starts from, as its upstream cell leaves it
+            Path(job.init_from).mkdir(parents=True, exist_ok=True)
+            (Path(job.init_from) / "config.json").write_text("{}")
+        assert cell_key(CellJob.model_validate_json(job.model_dump_json())) == cell_key(job)

@@ -165,7 +165,9 @@ def test_headline_calls_winners_losers_and_ties(rendered):
 def test_other_judges_get_their_own_table(rendered):
     _, page, _ = rendered
     headline = page.split('<section id="headline">')[1].split("</section>")[0]
-    assert "The same comparisons judged by <code>oracle</code>" in headline
+    # on synthetic data the oracle heads (it is the ground truth); the reward model is beside it
+    assert "<strong>oracle</strong>" in headline
+    assert "The same comparisons judged by <code>reward-model:rm-opt-medium-s0</code>" in headline
     assert headline.count('class="other-judge"') == 1
 
 
@@ -176,7 +178,7 @@ def test_single_seed_rows_are_labelled_by_seed(tmp_path):
     win_rates[win_rates["seed"] == 0].to_parquet(results_dir / "win_rates.parquet")
     page = render_from(results_dir)
     headline = page.split('<section id="headline">')[1].split("</section>")[0]
-    assert "<td>seed 0</td>" in headline and "<td>pooled</td>" not in headline
+    assert "<td>seed 0</td>" in headline and "<td>pooled" not in headline
 
 
 @unit
@@ -332,7 +334,11 @@ def test_load_results_normalises_missing_numbers(tmp_path):
 @unit
 def test_paper_correspondence():
     assert paper_model_size("facebook/opt-1.3b") == "1.3B"
-    assert paper_model_size("OPT-125M-sft") == "125M"
+    assert paper_model_size("OPT-125M") == "125M"
+    # a name that goes on is another model of that size: a random one built from the config,
+    # or a user's fine-tune, not the paper's pretrained OPT
+    assert paper_model_size("opt-125m-shape") is None
+    assert paper_model_size("OPT-125M-sft") is None
     assert paper_model_size("opt-13b") is None
     assert paper_model_size("opt-1250m") is None
     assert paper_model_size("tiny-opt-2l") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from orpo.report.markup import Safe, guide, join, pct, table, tag
-from orpo.report.sections.common import missing_note
+from orpo.report.sections.common import headline_judge, judge_ranking, missing_note
 from orpo.report.tables import Results
 
 SECTION_ID = "judges"
@@ -17,13 +17,13 @@ def render(results: Results) -> Safe:
     if missing:
         return missing
     rows = []
+    headline = headline_judge(results)
+    weak = {s.judge for s in judge_ranking(results) if s.weak}
     for _, judge in results.judges.sort_values("judge").iterrows():
         name = judge["judge"]
-        label = (
-            join([name, " ", tag("span", "(headline judge)", class_="tag")])
-            if name == results.meta.judge
-            else name
-        )
+        flags = [" ", tag("span", "(headline judge)", class_="tag")] if name == headline else []
+        flags += [" ", tag("span", "(weak)", class_="loss")] if name in weak else []
+        label = join([name, *flags]) if flags else name
         oracle = (
             "n/a (no oracle)"
             if pd.isna(judge["agreement_oracle"])
@@ -40,7 +40,9 @@ def render(results: Results) -> Safe:
             guide(
                 "share of held-out preference pairs where the judge scores the chosen response "
                 "above the rejected one (50% = chance), and, on synthetic data, where it agrees "
-                "with the programmatic oracle. Win rates are only as good as their judge."
+                "with the programmatic oracle on pairs of generated answers to the same prompt. "
+                "Win rates are only as good as their judge: a judge below 70% agreement with "
+                "ground truth is marked weak."
             ),
         ]
     )
