@@ -41,23 +41,31 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-def test_sigterm_stops_training_processes(tmp_path):
-    long_sft = {**MICRO, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
-    (tmp_path / "e.yaml").write_text(yaml.safe_dump(long_sft))
-    env = _env(tmp_path)
-    orpo = Path(sys.executable).parent / "orpo"
+def run_until_sft_trains(tmp_path: Path, experiment: dict) -> subprocess.Popen:
+    """`orpo run` on the experiment in the background, returned once its SFT cell trains."""
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(experiment))
     run = subprocess.Popen(
-        [orpo, "run", str(tmp_path / "e.yaml")],
-        env=env,
+        [Path(sys.executable).parent / "orpo", "run", str(tmp_path / "e.yaml")],
+        env=_env(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.time() + 240
     try:
-        deadline = time.time() + 240
         while not (tmp_path / "runs/micro/cells/sft-opt-tiny-s0/metrics.jsonl").is_file():
             assert time.time() < deadline, "the SFT cell never started training"
             assert run.poll() is None, "orpo run ended before the SFT cell trained"
             time.sleep(1)
+    except BaseException:
+        run.kill()
+        raise
+    return run
+
+
+def test_sigterm_stops_training_processes(tmp_path):
+    long_sft = {**MICRO, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
+    run = run_until_sft_trains(tmp_path, long_sft)
+    try:
         assert len(cell_processes(tmp_path)) > 1, "no training process found"
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=60)
@@ -86,20 +94,9 @@ def test_a_rerun_after_kill_9_reclaims_the_slots_and_marks_the_dead_run(tmp_path
         "resources": {**MICRO["resources"], "max_parallel_cells": 1},
     }
     long_sft = {**one_slot, "sft": {**MICRO["sft"], "max_steps": 5000, "epochs": 1000}}
-    (tmp_path / "e.yaml").write_text(yaml.safe_dump(long_sft))
     orpo, env = Path(sys.executable).parent / "orpo", _env(tmp_path)
-    run = subprocess.Popen(
-        [orpo, "run", str(tmp_path / "e.yaml")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = run_until_sft_trains(tmp_path, long_sft)
     try:
-        deadline = time.time() + 240
-        while not (tmp_path / "runs/micro/cells/sft-opt-tiny-s0/metrics.jsonl").is_file():
-            assert time.time() < deadline, "the SFT cell never started training"
-            assert run.poll() is None, "orpo run ended before the SFT cell trained"
-            time.sleep(1)
         for pid in [str(run.pid), *cell_processes(tmp_path)]:  # the whole machine goes down
             os.kill(int(pid), signal.SIGKILL)
         run.wait(timeout=30)
