@@ -14,7 +14,7 @@ import pandas as pd
 from orpo.report.tables import is_missing
 
 METHOD_LABELS = {
-    "base": "base (untrained)",
+    "base": "base (before fine-tuning)",  # a real model as loaded, or a preset after pretrain
     "pretrain": "pretrained base",
     "sft": "SFT",
     "dpo": "SFT+DPO",

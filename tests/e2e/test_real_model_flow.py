@@ -109,4 +109,4 @@ def test_every_model_has_a_base_row_the_random_preset_too(finished):
     assert set(versus_base.method_a) == {"sft", "dpo", "orpo"}
     samples = pd.read_parquet(home / "runs" / NAME / "results" / "samples.parquet")
     assert "base-smol-2l-s0" in set(samples.cell_id)
-    assert "base (untrained)" in open(html, encoding="utf-8").read()
+    assert "base (before fine-tuning)" in open(html, encoding="utf-8").read()
