@@ -23,6 +23,8 @@ def crash_dead_runs(experiment: str, log: Callable[[str], None]) -> int:
     from prefect.states import Crashed
 
     dead = live_runs.dead_runs(experiment)
+    if not dead:
+        return 0  # the usual start: no server calls
     reason = "its process died without ending the run (found by a later run of the experiment)"
     with get_client(sync_client=True) as client:
         for run in dead:

@@ -15,10 +15,10 @@ oracle's own row and, for every judge, `agreement_oracle` over pairs of the poli
 the same prompt (do the judge and the oracle order them alike?).
 
 Extra columns beyond the contract (allowed by it): cells.error_kind, truncation; win_rates.dpo_beta_a,
-dpo_beta_b, cell_a, cell_b, n_seeds; diversity/curves/logratios/samples.dpo_beta;
+dpo_beta_b, cell_a, cell_b, seed_b, n_seeds, comparison, se, df, p_value, p_holm, family_size,
+detectable (see `orpo.evaluation.winrates`); diversity/curves/logratios/samples.dpo_beta;
 logratios.pair_id, logp_chosen, logp_rejected; samples.n_tokens, oracle_reward; judges.split,
-n_oracle_pairs. The report's tables key comparisons without dpo_beta: with several betas it
-shows the first; the rows of every beta are in win_rates.parquet.
+n_oracle_pairs. The report keys comparisons by both knobs: every beta and lambda its own row.
 """
 
 from __future__ import annotations

@@ -29,10 +29,14 @@ import pandas as pd
 
 from orpo.config import BASE, RESAMPLED_SUFFIX, Cell, Experiment, cell_id, has_base_row
 from orpo.metrics import detectable_effect, holm_adjust, pooled_win_rate, win_rate
-from orpo.report.tables import POOLED_SEED
+from orpo.report.tables import (
+    METHOD,
+    NEGATIVE_CONTROL,
+    POOLED_SEED,
+    POSITIVE_CONTROL,
+    VERDICT_ALPHA,
+)
 
-METHOD, POSITIVE_CONTROL, NEGATIVE_CONTROL = "method", "positive-control", "negative-control"
-ALPHA = 0.05  # the error rate each family of verdicts is held to
 POWER = 0.8  # for the detectable effect
 
 
@@ -99,7 +103,7 @@ def _win_rate_row(a: Cell, b: Cell, judge: str, seed: int, result, kind: str) ->
         "seed": seed, "win_rate": result.win_rate, "sd_rounds": result.sd_rounds,
         "ci_low": result.ci_low, "ci_high": result.ci_high, "n_prompts": result.n_prompts,
         "n_rounds": result.n_rounds, "n_seeds": result.n_seeds, "se": result.se, "df": result.df,
-        "p_value": result.p_value, "comparison": kind,
+        "p_value": result.p_value, "comparison": kind, "seed_b": b.seed,
         "cell_a": None if pooled else a.id, "cell_b": None if pooled else b.id,
     }  # fmt: skip
 
@@ -193,6 +197,6 @@ def adjust_families(rows: list[dict]) -> list[dict]:
         m = row.setdefault("family_size", 1)
         row.setdefault("p_holm", float("nan"))
         row["detectable"] = detectable_effect(
-            row["se"], alpha=ALPHA / m, power=POWER, df=row.get("df", math.inf)
+            row["se"], alpha=VERDICT_ALPHA / m, power=POWER, df=row.get("df", math.inf)
         )
     return rows

@@ -125,7 +125,7 @@ def method_variants(frame: pd.DataFrame, methods=METHOD_ORDER) -> list[tuple[str
     """(method, lambda) pairs present in a table, by method order then lambda.
 
     The variants as they were before betas were swept: it pools every beta of SFT+DPO into one
-    pair. Kept for callers not yet moved to `table_variants` (the compute section).
+    pair. No section calls it any more; it stays for code written against the old pairs.
     """
     if frame.empty:
         return []

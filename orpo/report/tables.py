@@ -29,6 +29,9 @@ WIN_RATE_METHODS_B = ("sft", "dpo", "base")
 
 POOLED_SEED = -1  # win_rates.seed for a row pooled over every seed
 GREEDY_SAMPLE_INDEX = -1  # samples.sample_index for the greedy answer
+# win_rates.comparison: a verdict the experiment asks for, or a check of the machinery
+METHOD, POSITIVE_CONTROL, NEGATIVE_CONTROL = "method", "positive-control", "negative-control"
+VERDICT_ALPHA = 0.05  # each judge's family of verdicts is held to this error rate (Holm)
 
 # Metric names exactly as logged to MLflow; the report reads these from curves.parquet.
 # held-out log-probs, logged at every eval for every method (SFT included: Fig. 3)

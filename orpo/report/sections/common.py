@@ -8,13 +8,17 @@ import pandas as pd
 
 from orpo.report.labels import method_label
 from orpo.report.markup import Safe, note, pct
-from orpo.report.tables import POOLED_SEED, Results
+from orpo.report.tables import (
+    METHOD,
+    NEGATIVE_CONTROL,
+    POOLED_SEED,
+    VERDICT_ALPHA,
+    Results,
+)
 
 COMPARISON_KEY = [
     "model", "method_a", "orpo_lambda_a", "dpo_beta_a", "method_b", "dpo_beta_b", "judge",
 ]  # fmt: skip
-METHOD, POSITIVE_CONTROL, NEGATIVE_CONTROL = "method", "positive-control", "negative-control"
-ALPHA = 0.05  # each judge's family of verdicts is held to this error rate (Holm)
 WEAK_AGREEMENT = 0.7  # a judge ordering fewer pairs like the ground truth is flagged as weak
 
 
@@ -165,12 +169,11 @@ def variant_a_label(row) -> str:
 
 def variant_b_label(row) -> str:
     label = method_label(row["method_b"], None, row.get("dpo_beta_b"))
-    cell_b = row.get("cell_b")
-    if isinstance(cell_b, str) and cell_b.endswith("-resampled"):
-        return label + " (resampled)"
-    if row.get("comparison") == NEGATIVE_CONTROL and isinstance(cell_b, str):
-        return f"{label} ({cell_b.rsplit('-', 1)[-1].replace('s', 'seed ', 1)})"
-    return label
+    seed_b = row.get("seed_b")
+    if row.get("comparison") != NEGATIVE_CONTROL or seed_b is None or pd.isna(seed_b):
+        return label
+    # a negative control is SFT against itself: resampled (same seed) or another seed's SFT
+    return f"{label} (resampled)" if seed_b == row["seed"] else f"{label} (seed {int(seed_b)})"
 
 
 def adjusted_p(row) -> float | None:
@@ -188,13 +191,13 @@ def raw_verdict(row) -> str:
 
 def verdict(row) -> tuple[str, str]:
     """(short verdict, css class). A method row names a winner only when its CI is clear of 50%
-    AND its Holm-adjusted p-value is below ALPHA; a control row (no adjustment) by its CI."""
+    AND its Holm-adjusted p-value is below VERDICT_ALPHA; a control row (no adjustment) by its CI."""
     a, b = variant_a_label(row), variant_b_label(row)
     raw = raw_verdict(row)
     if raw == "none":
         return "no CI: no winner called", "tie"
     p_holm = adjusted_p(row)
-    if raw != "tie" and p_holm is not None and p_holm >= ALPHA:
+    if raw != "tie" and p_holm is not None and p_holm >= VERDICT_ALPHA:
         return "no clear winner after adjustment", "tie"
     if raw == "win":
         return f"{a} won", "win"

@@ -15,8 +15,6 @@ from orpo.report.paper import (
 )
 from orpo.report.plots import COMPARISONS
 from orpo.report.sections.common import (
-    NEGATIVE_CONTROL,
-    POSITIVE_CONTROL,
     failed_cells_note,
     headline_rows,
     judge_ranking,
@@ -29,7 +27,7 @@ from orpo.report.sections.common import (
     verdict_sentence,
     weak_judge_note,
 )
-from orpo.report.tables import POOLED_SEED, Results
+from orpo.report.tables import NEGATIVE_CONTROL, POOLED_SEED, POSITIVE_CONTROL, Results
 
 SECTION_ID = "headline"
 TITLE = "1. Headline: win rates"
