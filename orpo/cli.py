@@ -1,4 +1,4 @@
-"""The `orpo` command: plan, train, run, report, bench, serve, stop.
+"""The `orpo` command: plan, train, run, report, bench, serve, stop, runs, prune.
 
 Every command validates its input before doing anything, and exits with status 2 and a message
 naming the problem when the input is bad.
@@ -23,6 +23,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_plan(args) -> int:
+    from orpo.data.counts import data_lines
     from orpo.plan import model_lines, plan_lines
 
     exp = load_experiment(args.experiment, args.set)
@@ -31,6 +32,8 @@ def cmd_plan(args) -> int:
         f"methods {', '.join(exp.methods)}, seeds {exp.seeds}"
     )
     print("\n".join(model_lines(exp)))
+    print()
+    print("\n".join(data_lines(exp)))
     print()
     print("\n".join(plan_lines(exp)))
     return 0
@@ -134,6 +137,20 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from orpo import store
+
+    print("\n".join(store.runs_lines(store.experiment_name(args.experiment))))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from orpo import store
+
+    print("\n".join(store.prune_lines(store.experiment_name(args.experiment), args.dry_run)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orpo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="stop what `orpo serve` started")
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("runs", help="list an experiment's stored cell results (by cell key)")
+    p.add_argument("experiment", help="experiment name (or its YAML file)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("prune", help="delete stored cell results no cell folder points at")
+    p.add_argument("experiment", help="experiment name (or its YAML file)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.set_defaults(func=cmd_prune)
     return parser
 
 

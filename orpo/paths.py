@@ -24,7 +24,14 @@ def data_dir(experiment: str) -> Path:
 
 
 def cell_dir(experiment: str, cell_id: str) -> Path:
+    """The cell's folder as readers see it. A trained cell's is a view: a symlink to the store
+    entry of its current key (`orpo.store`); a never-trained cell's is a real folder."""
     return runs_dir(experiment) / "cells" / cell_id
+
+
+def store_dir(experiment: str) -> Path:
+    """Trained cells by content: `store/<cell id>/<cell key>/` (see `orpo.store`)."""
+    return runs_dir(experiment) / "store"
 
 
 def results_dir(experiment: str) -> Path:

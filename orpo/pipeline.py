@@ -5,11 +5,10 @@ The Prefect tasks and `orpo train` are thin wrappers over these functions."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from orpo import paths
+from orpo import paths, store
 from orpo.config import Cell, Experiment, cell_id, optim_for
 from orpo.sources import resolve_source
 from orpo.training.job import CellJob, cell_key
@@ -77,29 +76,36 @@ def require_inputs(job: CellJob) -> None:
 
 
 def finished_result(job: CellJob) -> dict | None:
-    """The result of an earlier run of exactly this job (same key), if there is one."""
-    result_path = job.out / "result.json"
-    if not result_path.is_file() or not (job.out / "model").is_dir():
+    """The result of an earlier run of exactly this job (same key), if there is one.
+
+    First points the cell's folder (`job.out`, a view) at the store entry of this key, creating
+    it, and moves a real folder in its place into the store (`orpo.store`): from here on,
+    whatever is written to `job.out` (the run, its failure.json) belongs to this key, and the
+    results of other keys stay untouched in their own entries."""
+    key = cell_key(job)
+    entry = store.open_entry(job, key)
+    if not store.is_finished(entry):
         return None
-    result = json.loads(result_path.read_text())
-    return result if result.get("key") == cell_key(job) else None
+    result = json.loads((entry / "result.json").read_text())
+    return result if result.get("key") == key else None
 
 
 def train_cell(job: CellJob, on_line: Callable[[str], None] = print) -> dict:
-    """Run the job unless an identical one finished; returns its result.json content."""
+    """Run the job unless an identical one finished; returns its result.json content.
+
+    The job runs in the store entry of its key (through its view `job.out`): a new key trains
+    into a new entry and never touches an earlier one; partial checkpoints there are resumed,
+    which is safe because they are of the same key."""
     require_inputs(job)
     key = cell_key(job)
     if (done := finished_result(job)) is not None:
         on_line(f"{job.cell.id}: cached (key {key}), not retrained")
         return {**done, "status": "cached"}
-    key_file = job.out / "key"
-    if key_file.is_file() and key_file.read_text() != key:
-        # a changed config or input must not resume from checkpoints of the old one
-        shutil.rmtree(job.out / "checkpoints", ignore_errors=True)
-        (job.out / "metrics.jsonl").unlink(missing_ok=True)
-    (job.out / "result.json").unlink(missing_ok=True)
-    job.out.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key)
+    entry = store.entry_dir(job.out, key)  # where finished_result pointed the view
+    (entry / "result.json").unlink(missing_ok=True)  # a result without its model: not finished
+    (entry / store.KEY_FILE).write_text(key)
+    on_line(f"{job.cell.id}: training in {entry} (key {key})")
     job.write()
     run_cell(job, on_line)
-    return json.loads((job.out / "result.json").read_text())
+    store.mark_finished(entry)
+    return json.loads((entry / "result.json").read_text())

@@ -1,4 +1,5 @@
-"""`orpo plan`: the cells an experiment expands to, with a rough cost estimate per cell.
+"""`orpo plan`: the models an experiment uses, the cells it expands to, and a rough cost estimate
+per cell (the data section is `orpo.data.counts`).
 
 The estimate is an upper bound in tokens (every row padded to data.max_length) and counts
 forward passes the way DESIGN.md section 1 does: SFT and ORPO one pass per micro-batch (ORPO's
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orpo.config import Cell, Experiment, expand_cells, optim_for
+from orpo.data.counts import trained_model_names
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,7 @@ def model_lines(exp: Experiment) -> list[str]:
     from orpo.sources import describe
 
     lines = [f"{'model':<24} {'architecture':<34} {'parameters':>10}  source"]
-    names = dict.fromkeys(
-        [*exp.model_names, exp.rm_model_name]
-        if exp.eval.judge == "reward-model"
-        else exp.model_names
-    )
-    for name in names:
+    for name in trained_model_names(exp):
         info = describe(exp.model_path(name), exp.data.tokenizer_vocab_size)
         lines.append(
             f"{name:<24} {info['architecture'] or '? (' + info['kind'] + ')':<34} "
