@@ -86,6 +86,66 @@ def cmd_train(args) -> int:
     return 0
 
 
+STOP_GRACE_S = 10.0  # `orpo run`: from SIGTERM / Ctrl-C to exiting, at most
+
+
+def _bound_the_stop() -> None:
+    """After SIGTERM or Ctrl-C, give the flow STOP_GRACE_S to stop its cells and close its
+    records, then kill what is left of its processes and exit anyway; a second signal does that
+    at once. The orderly stop can take much longer: Prefect joins task threads rather than
+    interrupting them (a generation in progress runs to its end), and a terminal's Ctrl-C also
+    reaches Prefect's temporary API server (same process group), after which every Prefect call
+    retries against the dead server for minutes. The signals are read from a wakeup fd, which
+    Python writes whichever handler is installed (Prefect's own takes SIGTERM during a flow)."""
+    import os
+    import select
+    import threading
+    import time
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        code, deadline, why = None, None, f"not stopped within {STOP_GRACE_S:g} s"
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([read], [], [], wait)[0]:
+                break  # the grace is over
+            signum = os.read(read, 1)[0]
+            if signum not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            if code is not None:
+                why = "stopped again"
+                break
+            code, deadline = 128 + signum, time.monotonic() + STOP_GRACE_S
+        print(f"orpo: {why}: killing what is left of the run", file=sys.stderr)
+        _kill_children()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=watch, name="orpo-stop-watch", daemon=True).start()
+
+
+def _kill_children() -> None:
+    """The cells' process groups, then every other child (the temporary Prefect API server)."""
+    import contextlib
+
+    import psutil
+
+    from orpo.training.launch import stop_live_cells
+
+    stop_live_cells(grace_s=0)
+    children = psutil.Process().children()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    for child in psutil.wait_procs(children, timeout=3)[1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 def cmd_run(args) -> int:
     import os
 
@@ -101,6 +161,7 @@ def cmd_run(args) -> int:
     # that was there before: make that an orderly exit, so cells are stopped and atexit hooks
     # (the temporary Prefect API server among them) run instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    _bound_the_stop()
 
     report = run_experiment(
         exp, experiment_file=str(Path(args.experiment).resolve()), overrides=args.set

@@ -3,18 +3,56 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future
+from contextlib import ExitStack, contextmanager
 
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 
 from orpo import tracking
 from orpo.config import Experiment, expand_cells
 from orpo.pipeline import finished_result, make_job, require_inputs, train_cell
+from orpo.training import launch
 from orpo.training.job import cell_key
 from tasks.common import flow_run_info, load
+
+# A stop (the flow's cancel/SIGTERM/Ctrl-C path calls launch.stop_live_cells) is for the flow
+# run of the calling thread: the flow's and its task threads' prefect.runtime.flow_run.id.
+launch.run_scope = lambda: str(flow_run.id or "")
+
+# How long one attempt to take a slot blocks before the wait looks up to see whether the run is
+# stopping. Prefect's concurrency() blocks the task's worker thread for the whole
+# timeout_seconds, and a stopping flow joins its worker threads (ThreadPoolTaskRunner.__exit__ ->
+# executor.shutdown(wait=True)), as does interpreter exit: one long wait made SIGTERM and Ctrl-C
+# hang until a slot came free. Attempts of one limit are served one at a time by Prefect's
+# acquisition service, so with N cells waiting a stop takes up to N x this.
+SLOT_POLL_S = 1.0
+
+
+class _QuietSlotAttempts(logging.Filter):
+    """Prefect's acquisition service logs each attempt that timed out as an error ("Service
+    'ConcurrencySlotAcquisitionWithLeaseService' failed to process item ..."): with short
+    attempts, one a second for as long as a cell waits. Drop those; keep all else it logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) != 2 or args[0] != "ConcurrencySlotAcquisitionWithLeaseService":
+            return True
+        future = args[1][-1] if isinstance(args[1], tuple) and args[1] else None
+        timed_out = (
+            isinstance(future, Future)
+            and future.done()
+            and not future.cancelled()
+            and isinstance(future.exception(), TimeoutError)
+        )
+        return not timed_out
+
+
+logging.getLogger("prefect._internal.concurrency").addFilter(_QuietSlotAttempts())
 
 
 def training_slots(experiment: str) -> str:
@@ -28,23 +66,32 @@ class SlotTimeout(RuntimeError):
 
 @contextmanager
 def training_slot(exp: Experiment, what: str, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold one of the experiment's training slots, saying while it waits and giving up after
-    resources.slot_timeout_s with an error that names the limit."""
-    name, started, acquired = training_slots(exp.name), time.monotonic(), False
+    """Hold one of the experiment's training slots, saying while it waits, giving up after
+    resources.slot_timeout_s with an error that names the limit, and at once (CellStopped)
+    when the run is stopping."""
+    name, started = training_slots(exp.name), time.monotonic()
+    deadline = started + exp.resources.slot_timeout_s
     log(f"{what}: waiting for one of {exp.resources.max_parallel_cells} training slot(s) ({name})")
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=exp.resources.slot_timeout_s):
-            acquired = True
-            log(f"{what}: got a training slot after {time.monotonic() - started:.0f} s")
-            yield
-    except TimeoutError as err:
-        if acquired:
-            raise  # the work's own timeout, not the wait
-        raise SlotTimeout(
-            f"{what}: no training slot of {name} came free within resources.slot_timeout_s="
-            f"{exp.resources.slot_timeout_s:g} s (every slot stayed taken; a run that died "
-            "holding slots is cleaned up when the experiment starts again)"
-        ) from err
+    with ExitStack() as held:
+        while True:  # short attempts, so that the wait notices a stop (see SLOT_POLL_S)
+            if launch.stop_requested():
+                raise launch.CellStopped(f"{what}: the run is stopping, stopped waiting for a slot")
+            left = deadline - time.monotonic()
+            try:
+                attempt = concurrency(name, occupy=1, timeout_seconds=min(SLOT_POLL_S, left))
+                held.enter_context(attempt)
+                break
+            except TimeoutError as err:
+                if time.monotonic() < deadline:
+                    continue
+                raise SlotTimeout(
+                    f"{what}: no training slot of {name} came free within "
+                    f"resources.slot_timeout_s={exp.resources.slot_timeout_s:g} s (every slot "
+                    "stayed taken; a run that died holding slots is cleaned up when the "
+                    "experiment starts again)"
+                ) from err
+        log(f"{what}: got a training slot after {time.monotonic() - started:.0f} s")
+        yield
 
 
 @task(name="train-cell", task_run_name="train-{cell_id}")

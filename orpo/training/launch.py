@@ -22,6 +22,10 @@ class CellFailed(RuntimeError):
     """A training cell exited non-zero; the message carries the tail of its output."""
 
 
+class CellStopped(RuntimeError):
+    """The run is stopping (cancelled, SIGTERM, Ctrl-C): a cell of it does not start."""
+
+
 def free_port() -> int:
     """A free TCP port on loopback: two runs on one host must not share DeepSpeed's default
     master port 29500."""
@@ -103,6 +107,8 @@ def run_cell(
     ):
         _LIVE.add(proc)
         try:
+            if stop_requested():  # stopped between the caller's check and the launch
+                raise CellStopped(f"{job.cell.id}: not started, the run is stopping")
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 log_file.write(line + "\n")
@@ -161,16 +167,38 @@ def _worth_forwarding(line: str) -> bool:
 # also means they would outlive their parent: the flow stops them when it is cancelled.
 _LIVE: set[subprocess.Popen] = set()
 
+# A stop is for one run: the orchestration layer sets `run_scope` to name the run the calling
+# thread works for (tasks/train.py: the Prefect flow run, shared by the flow and its task
+# threads), so that a later run in the same process (tests run several flows) starts cells again.
+_STOPPED: set[str] = set()
 
-def stop_live_cells() -> None:
+
+def _the_process() -> str:
+    return ""
+
+
+run_scope: Callable[[], str] = _the_process
+
+
+def stop_requested() -> bool:
+    """Whether the run of the calling thread is stopping: a cell about to start, or waiting
+    for a training slot, gives up instead (CellStopped)."""
+    return run_scope() in _STOPPED
+
+
+def stop_live_cells(grace_s: float = 10.0) -> None:
+    """Stop the cells that are running (SIGTERM, SIGKILL after grace_s), and start no cell of
+    the current run from now on: a cell launched after the kill would train on, and keep the
+    stopping process waiting for it."""
+    _STOPPED.add(run_scope())  # before the kill: run_cell checks it after registering a cell
     for proc in list(_LIVE):
-        _kill_group(proc)
+        _kill_group(proc, grace_s)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        proc.wait(timeout=grace_s)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
