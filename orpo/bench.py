@@ -26,7 +26,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-METHODS = ("sft", "dpo", "orpo")
+from orpo.methods import PAPER_METHODS
+
+METHODS = PAPER_METHODS  # the paper's three; the others cost what ORPO or DPO cost per step
 GLOBAL_BATCH = 16  # pairs per optimizer step
 DATA = {
     "source": "synthetic",
@@ -139,6 +141,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
 
         torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # "Loading weights" bars of the DPO init model
+        from orpo.methods import needs_reference
         from orpo.models import build_model, count_parameters
         from orpo.tracking import NullSink
         from orpo.training.batches import load_stage_data, total_steps
@@ -170,7 +173,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
         n_params = count_parameters(model)
         engine = TorchEngine(model, optim, job.resources, steps)
         ref, ref_passes = None, 0
-        if job.cell.stage == "dpo":
+        if needs_reference(job.cell.stage):
             ref, _ = reference_logps(engine, data, job, log=lambda message: None)
             ref_passes = sum(-(-len(items) // 16) for items in (data.train, data.eval))
         obj_cfg = objective_config(job)

@@ -19,16 +19,18 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Method = Literal["sft", "dpo", "orpo"]
+from orpo.methods import METHOD_NAMES, METHODS, OTHER_METHODS, starts_from_sft
+
+Method = Literal[METHOD_NAMES]  # the registry's names: sft, dpo, orpo, simpo, cpo, ipo
 # Constraints as types, so that they also appear in JSON schemas (Prefect validates deployment
 # parameters against the flow's schema on the server, before a flow run is created).
 OrpoLambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 DpoBeta = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Stage = Literal["pretrain", "sft", "dpo", "orpo", "rm", "base"]
+Stage = Literal[("pretrain", *METHOD_NAMES, "rm", "base")]
 # "base" is never trained: it names the untrained starting model of a size, which is evaluated
 # and judged like a policy (the positive control: what did training change?).
 BASE = "base"
-POLICY_STAGES = ("sft", "dpo", "orpo")
+POLICY_STAGES = METHOD_NAMES
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # Prefect deployment names and artifact keys accept these
 
 
@@ -92,6 +94,33 @@ class DataConfig(Strict):
                 "are needed (TRL's defaults keep 512 of 1024 tokens for the prompt)"
             )
         return self
+
+
+class SimpoConfig(OptimConfig):
+    """SimPO (Meng et al. 2024): optimiser settings and the loss's beta and margin gamma (in
+    reward units, as the paper writes it; TRL's `simpo_gamma` is the same gamma)."""
+
+    beta: float = Field(2.0, gt=0, allow_inf_nan=False, description="reward scale")
+    gamma: float = Field(1.0, ge=0, allow_inf_nan=False, description="target reward margin")
+
+
+class CpoConfig(OptimConfig):
+    """CPO (Xu et al. 2024): optimiser settings and the preference term's beta (the NLL term on
+    the chosen response has weight 1, as in the paper)."""
+
+    beta: float = Field(0.1, gt=0, allow_inf_nan=False, description="preference term's scale")
+
+
+class IpoConfig(OptimConfig):
+    """IPO (Azar et al. 2023): optimiser settings and the regularisation tau (the squared loss
+    pulls the log-ratio margin towards 1 / (2 tau))."""
+
+    tau: float = Field(0.1, gt=0, allow_inf_nan=False, description="regularisation strength")
+
+
+LOSS_SECTIONS = {"simpo": SimpoConfig, "cpo": CpoConfig, "ipo": IpoConfig}
+"""Methods whose loss hyper-parameters live in their own YAML section (orpo_lambdas and
+dpo_betas are grid axes at the top level)."""
 
 
 class PretrainConfig(OptimConfig):
@@ -221,6 +250,10 @@ class Experiment(Strict):
     sft: OptimConfig = _paper_optim(1e-5, 1)
     dpo: OptimConfig = _paper_optim(5e-6, 3)
     orpo: OptimConfig = _paper_optim(8e-6, 10)
+    # not in the ORPO paper: each paper's learning rate for its own 7B runs, one epoch
+    simpo: SimpoConfig = SimpoConfig(lr=1e-6, epochs=1)
+    cpo: CpoConfig = CpoConfig(lr=1e-6, epochs=1)
+    ipo: IpoConfig = IpoConfig(lr=5e-7, epochs=1)
     rm: OptimConfig = _paper_optim(1e-5, 1)
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -276,8 +309,12 @@ class Experiment(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
-        if "dpo" in self.methods and "sft" not in self.methods:
-            raise ValueError("methods: 'dpo' starts from the SFT checkpoint, so 'sft' is required")
+        from_sft = [m for m in self.methods if starts_from_sft(m)]
+        if from_sft and "sft" not in self.methods:
+            raise ValueError(
+                f"methods: {', '.join(map(repr, from_sft))} start from the SFT checkpoint, so "
+                f"'sft' is required (methods={self.methods!r})"
+            )
         if self.eval.judge == "oracle" and self.data.source != "synthetic":
             raise ValueError("eval.judge 'oracle' exists only for data.source 'synthetic'")
         return self
@@ -292,6 +329,8 @@ class Cell(Strict):
     seed: int
     orpo_lambda: float | None = None
     dpo_beta: float | None = None
+    params: dict[str, float] = {}
+    """The method's loss hyper-parameters from its YAML section (SimPO's beta and gamma...)."""
     depends_on: list[str] = []
     resample_of: str | None = None
     """Set on a negative-control cell: the trained cell whose model it samples again."""
@@ -313,10 +352,10 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     cells: list[Cell] = []
     pretrained = exp.pretrain is not None and exp.pretrain.enabled
 
-    def add(stage: Stage, model: str, seed: int, depends_on: list[str], **knob) -> str:
+    def add(stage: Stage, model: str, seed: int, depends_on: list[str], params=None, **knob):
         cid = cell_id(stage, model, seed, **knob)
         cells.append(Cell(id=cid, stage=stage, model=model, seed=seed, depends_on=depends_on,
-                          **knob))  # fmt: skip
+                          params=params or {}, **knob))  # fmt: skip
         return cid
 
     def base(model: str, seed: int) -> list[str]:
@@ -337,6 +376,9 @@ def expand_cells(exp: Experiment) -> list[Cell]:
                 add("dpo", model, seed, [sft], dpo_beta=beta)  # validated: dpo needs sft
             for lam in exp.orpo_lambdas if "orpo" in exp.methods else []:
                 add("orpo", model, seed, base(model, seed), orpo_lambda=lam)
+            for name in (m for m in OTHER_METHODS if m in exp.methods):
+                start = [sft] if starts_from_sft(name) else base(model, seed)
+                add(name, model, seed, start, params=method_params(exp, name))
     return cells
 
 
@@ -406,7 +448,17 @@ def optim_for(exp: Experiment, stage: Stage) -> OptimConfig:
     if stage == "pretrain":
         assert exp.pretrain is not None
         return OptimConfig(**exp.pretrain.model_dump(exclude={"enabled"}))  # validated: set
+    if stage in LOSS_SECTIONS:  # the optimiser part; the loss's knobs travel in Cell.params
+        return OptimConfig(**getattr(exp, stage).model_dump(include=set(OptimConfig.model_fields)))
     return getattr(exp, stage)
+
+
+def method_params(exp: Experiment, stage: str) -> dict[str, float]:
+    """The loss hyper-parameters of a method with its own section ({} for the others)."""
+    if stage not in LOSS_SECTIONS:
+        return {}
+    section = getattr(exp, stage)
+    return {knob: float(getattr(section, knob)) for knob in METHODS[stage].knobs}
 
 
 class ConfigError(ValueError):

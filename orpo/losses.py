@@ -1,9 +1,13 @@
-"""The math of the lab: per-sequence log-probs and the SFT, ORPO, DPO and Bradley-Terry losses.
+"""The math of the lab: per-sequence log-probs and the SFT, ORPO, DPO and Bradley-Terry losses,
+plus the methods the ORPO paper did not compare (SimPO, CPO, IPO, KTO).
 
 Pure functions of tensors (torch only; no logging, no I/O). Every loss takes per-sequence
 log-probs produced by the one helper, :func:`sequence_logprobs`, and returns per-example
 values, so the caller decides how to reduce and what to log. Names follow DESIGN.md section 1:
-``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta, nothing else.
+``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta. The added methods keep their papers'
+letters: ``beta`` of SimPO, CPO and KTO is each method's own inverse temperature (SimPO's is
+~2, the others' ~0.1: never share one config value between them), ``gamma`` is SimPO's target
+reward margin, ``tau`` is IPO's regularisation strength.
 
 Shape letters: B = batch (pairs), T = sequence length, V = vocabulary.
 
@@ -11,6 +15,14 @@ References:
     ORPO: Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference
     Model", 2024, arXiv 2403.07691 (Eqs. 3-10).
     DPO: Rafailov et al., "Direct Preference Optimization", 2023, arXiv 2305.18290 (Eq. 7).
+    SimPO: Meng, Xia, Chen, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", 2024, arXiv 2405.14734 (Eq. 6).
+    CPO: Xu et al., "Contrastive Preference Optimization: Pushing the Boundaries of LLM
+    Performance in Machine Translation", 2024, arXiv 2401.08417 (L_prefer, L_CPO).
+    IPO: Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", 2023, arXiv 2310.12036 (Eq. 17, Algorithm 1).
+    KTO: Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization", 2024,
+    arXiv 2402.01306 (the KTO loss; TRL cites it as Eq. 7).
 """
 
 from __future__ import annotations
@@ -35,13 +47,18 @@ __all__ = [
     "IGNORE_INDEX",
     "LOG1MEXP_MAX",
     "bradley_terry_loss",
+    "cpo_loss",
     "dpo_loss",
     "dpo_rewards",
+    "ipo_loss",
+    "kto_kl_estimate",
+    "kto_loss",
     "log1mexp",
     "odds_ratio_loss",
     "orpo_loss",
     "sequence_logprobs",
     "sft_loss",
+    "simpo_loss",
     "token_nll",
 ]
 
@@ -429,3 +446,290 @@ def bradley_terry_loss(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor
     """
     _check_same_shape(reward_chosen=reward_chosen, reward_rejected=reward_rejected)
     return -F.logsigmoid(_upcast(reward_chosen) - _upcast(reward_rejected))  # (B,)
+
+
+# ---------------------------------------------------------------------------- beyond the paper
+# Methods the ORPO paper did not compare (issue #13). Each docstring says which log-probs the lab
+# feeds the function, the defaults of the paper and its reference code, and where TRL differs.
+
+
+def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, beta: float, gamma: float) -> Tensor:
+    r"""Per-example SimPO loss: length-normalised, reference-free reward with a margin (Eq. 6).
+
+    .. math:: \mathcal{L}_{SimPO} = -\log \sigma\Big(\frac{\beta}{|y_w|} \log \pi_\theta(y_w|x)
+        - \frac{\beta}{|y_l|} \log \pi_\theta(y_l|x) - \gamma\Big)
+
+    The implicit reward is beta times the MEAN per-token log-prob, so pass mean response
+    log-probs (``sequence_logprobs(..., reduction="mean")``, the ones the ORPO term uses).
+    ``gamma`` is the target reward margin in reward units, as the paper writes it. Both reference
+    implementations put the margin inside as gamma / beta instead: princeton-nlp/SimPO's
+    ``simpo_loss`` (``gamma_beta_ratio`` since their update, ``gamma / beta`` before) and TRL's
+    ``CPOTrainer(loss_type="simpo")`` (``simpo_gamma``, in reward units, divided by beta) compute
+    ``-logsigmoid(beta * ((chosen - rejected) - gamma / beta))``: the same function, so a
+    ratio-style config maps to ``gamma = gamma_beta_ratio * beta``. TRL averages log-probs for
+    this loss type, as here. With gamma = 0 this is :func:`cpo_loss` on the same numbers (but CPO
+    is fed SUMMED log-probs).
+
+    Defaults (checked against the repository's training_configs/ history and README): beta 2.0
+    (base) or 2.5 (instruct); gamma 1.6 (Mistral-Base), 0.3 (Mistral-Instruct), 1.0 (Llama3-Base),
+    1.4 (Llama3-Instruct) in the preprint's configs, i.e. gamma / beta = 0.8, 0.12, 0.5, 0.56 (the
+    README's later table: 0.8, 0.1, 0.5, 0.55); learning rates 3e-7, 5e-7, 6e-7, 1e-6; one epoch.
+    It starts from an SFT model (zephyr-7b-sft-full, a Llama-3-8B SFT'd on UltraChat-200k) or an
+    instruct model, never a raw base model. Later runs (v0.2 Llama3-Instruct, Gemma-2-9B-it) use
+    beta 10 with gamma / beta 0.3 or 0.5; the README's advice is gamma / beta = 0.5 to start, tuned
+    in [0, 1]. TRL's CPOConfig defaults (beta 0.1, simpo_gamma 0.5: gamma / beta = 5) are not
+    SimPO's: set both. Label smoothing (default 0 in both implementations) is not implemented.
+
+    Args:
+        chosen_logps: (B,) mean log-probs of the chosen responses y_w.
+        rejected_logps: (B,) mean log-probs of the rejected responses y_l.
+        beta: SimPO's reward scale (paper: 2.0 to 2.5).
+        gamma: target reward margin, reward units (paper: 0.3 to 1.6).
+
+    Returns:
+        (B,) float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: if the two inputs differ in shape.
+
+    Example: mean log-probs -1 and -2, beta = 2, gamma = 1: 2 * (-1 - (-2)) - 1 = 1, loss =
+    log(1 + e^-1) = 0.3133. In TRL's form: 2 * ((1) - 1/2) = 1, the same.
+
+    >>> round(simpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), beta=2.0, gamma=1.0).item(), 4)
+    0.3133
+    """
+    _check_same_shape(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
+    chosen = _upcast(chosen_logps)  # (B,)
+    rejected = _upcast(rejected_logps)  # (B,)
+    return -F.logsigmoid(beta * (chosen - rejected) - gamma)  # (B,)
+
+
+def cpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, beta: float) -> Tensor:
+    r"""Per-example CPO preference term L_prefer (CPO paper; TRL ``CPOTrainer``, "sigmoid").
+
+    .. math:: \mathcal{L}_{prefer} = -\log \sigma\big(\beta \log \pi_\theta(y_w|x)
+        - \beta \log \pi_\theta(y_l|x)\big)
+
+    DPO's loss with the reference dropped, i.e. with a uniform reference whose log-probs cancel:
+    ``cpo_loss(c, r, beta)`` equals ``dpo_loss(c, r, k, k, beta)`` for any k. Inputs are SUMMED
+    response log-probs (``sequence_logprobs(..., reduction="sum")``): the CPO reference code
+    (fe1ixxu/ALMA utils/cpo_trainer.py, ``average_log_prob=False``) sums, and so does TRL's
+    CPOTrainer, which averages only for ``loss_type in ["ipo", "simpo"]``. The paper's objective
+    is L_CPO = mean(L_prefer) + L_NLL, the token-mean NLL of the chosen response with weight 1
+    (TRL: ``cpo_alpha``, default 1.0); as for ORPO, the training objective adds it, not this.
+
+    Defaults (ALMA runs/cpo_ft.sh, the paper's ALMA-13B-R): beta 0.1; learning rate 1e-4 with
+    LoRA, one epoch, weight decay 0.01, inverse-sqrt schedule, 1% warm-up. It starts from
+    ALMA-13B-LoRA, a model already fine-tuned on human-written parallel data (an SFT model), not
+    from a base model. TRL's CPOConfig defaults: beta 0.1, cpo_alpha 1.0, learning rate 1e-6.
+
+    Args:
+        chosen_logps: (B,) summed log-probs of the chosen responses y_w.
+        rejected_logps: (B,) summed log-probs of the rejected responses y_l.
+        beta: CPO's beta (paper: 0.1).
+
+    Returns:
+        (B,) float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: if the two inputs differ in shape.
+
+    Example: summed log-probs -12 and -17, beta = 0.1: 0.1 * 5 = 0.5, loss = log(1 + e^-0.5) =
+    log(1.6065) = 0.4741.
+
+    >>> round(cpo_loss(torch.tensor([-12.0]), torch.tensor([-17.0]), beta=0.1).item(), 4)
+    0.4741
+    """
+    _check_same_shape(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
+    chosen = _upcast(chosen_logps)  # (B,)
+    rejected = _upcast(rejected_logps)  # (B,)
+    return -F.logsigmoid(beta * (chosen - rejected))  # (B,)
+
+
+def ipo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    tau: float,
+) -> Tensor:
+    r"""Per-example IPO loss, the sampled IPO objective (IPO paper Eq. 17, Algorithm 1).
+
+    .. math::
+        h = \log \frac{\pi_\theta(y_w|x)\, \pi_{ref}(y_l|x)}{\pi_\theta(y_l|x)\, \pi_{ref}(y_w|x)}
+          = (\log \pi_\theta(y_w|x) - \log \pi_{ref}(y_w|x))
+          - (\log \pi_\theta(y_l|x) - \log \pi_{ref}(y_l|x))
+
+        \mathcal{L}_{IPO} = \Big(h - \frac{1}{2\tau}\Big)^2
+
+    A regression of h onto 1/(2 tau), with its minimum, 0, at h = 1/(2 tau): unlike DPO's loss it
+    rises again past the target, which is how IPO stays near the reference without early
+    stopping. The reference log-probs are detached.
+
+    Which log-probs: the function takes whatever it is given; the lab feeds MEAN response
+    log-probs (``reduction="mean"``) for policy and reference alike, so h is a per-token
+    log-ratio and 1/(2 tau) a per-token margin whatever the length (summed, the same tau asks
+    a 500-token response for the margin of a 5-token one). Paper and implementations disagree
+    here. The paper writes pi(y|x), a sequence probability (summed log-probs), and the DPO
+    reference code (eric-mitchell/direct-preference-optimization, ``ipo=True``) sums. TRL
+    averages since PR #1265 (January 2024), after the IPO authors told Hugging Face that the
+    paper's results used the normalised form (huggingface.co/blog/pref-tuning; questioned in TRL
+    issue #1677, adopted by torchtune #1291); ContextualAI/HALOs averages too. TRL's DPOTrainer
+    now divides each log-ratio by its own response's token count, which is mean policy minus
+    mean reference log-probs over the same mask, i.e. this function on ``reduction="mean"``.
+    A cached summed reference log-prob must be divided by the same token count first.
+
+    Defaults: the paper gives no LLM recipe (its experiments are small illustrative bandit
+    problems). TRL takes tau as ``beta`` (DPOConfig and CPOConfig default 0.1); HALOs uses
+    tau = 0.1. Like DPO it starts from an SFT model, which is also the reference.
+
+    Args:
+        policy_chosen, policy_rejected: (B,) policy log-probs of y_w and y_l.
+        ref_chosen, ref_rejected: (B,) reference (SFT checkpoint) log-probs of y_w and y_l.
+        tau: IPO's regularisation strength, > 0; the target margin is 1/(2 tau).
+
+    Returns:
+        (B,) float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: on shapes that do not match, or tau <= 0.
+
+    Example: pi_w = -1, ref_w = -1.5 (log-ratio +0.5); pi_l = -2, ref_l = -1.5 (log-ratio
+    -0.5): h = 1. tau = 0.5: target 1/(2 * 0.5) = 1, loss 0. tau = 0.1: target 5,
+    loss (1 - 5)^2 = 16.
+
+    >>> t = torch.tensor
+    >>> [ipo_loss(t([-1.0]), t([-2.0]), t([-1.5]), t([-1.5]), tau=v).item() for v in (0.5, 0.1)]
+    [0.0, 16.0]
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0 (the target margin is 1/(2 tau)), got {tau!r}")
+    chosen, rejected = _dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    h = chosen - rejected  # (B,)
+    return (h - 1.0 / (2.0 * tau)) ** 2  # (B,)
+
+
+def kto_kl_estimate(policy_logps: Tensor, ref_logps: Tensor) -> Tensor:
+    r"""KTO's reference point z0: the batch-mean log-ratio, clamped at 0 and detached.
+
+    .. math:: \hat z_0 = \max\Big(0, \frac{1}{m} \sum_{i=1}^{m}
+        \big(\log \pi_\theta(y'_i|x_i) - \log \pi_{ref}(y'_i|x_i)\big)\Big)
+
+    Over m (prompt, completion) pairs, SUMMED log-probs; in the paper and in TRL they are
+    mismatched pairs, each prompt with another example's completion (see :func:`kto_loss`). The
+    result carries no gradient whether or not the inputs were computed under no_grad. With
+    several data-parallel ranks TRL and HALOs average across ranks before clamping: all-reduce
+    the sum of ``policy_logps - ref_logps`` and the count, and pass sum / count to kto_loss,
+    which clamps.
+
+    Args:
+        policy_logps: (m,) policy log-probs of the completions.
+        ref_logps: (m,) reference log-probs of the same completions.
+
+    Returns:
+        Scalar float32 (float64 for float64 input), >= 0, without gradient.
+
+    Raises:
+        ValueError: if the shapes differ or there is no pair.
+
+    Example: log-ratios +1 and +0.5 give z0 = 0.75; log-ratios -1 and -2 give -1.5, clamped to 0.
+
+    >>> t = torch.tensor
+    >>> kto_kl_estimate(t([-10.0, -12.0]), t([-11.0, -12.5])).item()
+    0.75
+    >>> kto_kl_estimate(t([-10.0, -12.0]), t([-9.0, -10.0])).item()
+    0.0
+    """
+    _check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps)
+    if policy_logps.numel() == 0:
+        raise ValueError("kto_kl_estimate over zero pairs: the mean is undefined")
+    log_ratio = _upcast(policy_logps).detach() - _upcast(ref_logps).detach()  # (m,)
+    return log_ratio.mean().clamp(min=0.0)
+
+
+def kto_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+    kl_ref: float | Tensor,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> Tensor:
+    r"""Per-pair KTO loss: y_w as a desirable and y_l as an undesirable example (KTO paper).
+
+    .. math::
+        r_\theta(x, y) = \log \pi_\theta(y|x) - \log \pi_{ref}(y|x), \qquad
+        z_0 = \max(0, \mathrm{kl\_ref})
+
+        \mathcal{L}_{KTO} = \lambda_D \big(1 - \sigma(\beta (r_\theta(x, y_w) - z_0))\big)
+            + \lambda_U \big(1 - \sigma(\beta (z_0 - r_\theta(x, y_l)))\big)
+
+    The paper's loss is E[lambda_y - v(x, y)] with v = lambda_D sigma(beta (r - z0)) for a
+    desirable y and lambda_U sigma(beta (z0 - r)) for an undesirable one: per example the
+    weighted 1 - sigma terms above (TRL ``KTOTrainer``, ``loss_type="kto"``; HALOs
+    ``KTOTrainer``), computed as sigma(-x), which keeps its digits where sigma(x) rounds to 1.
+    Inputs are SUMMED response log-probs (TRL and HALOs both sum). The reference log-probs and
+    z0 are detached (the paper does not backpropagate through z0) and z0 is clamped at 0 here
+    as well, so an unclamped estimate is safe to pass.
+
+    Reduction: the two terms are summed per pair, which is twice TRL's per-example value. TRL
+    treats the 2B completions as independent examples and takes ``nanmean`` over them, so
+    ``kto_loss(...).mean() / 2`` is TRL's loss on the same batch.
+
+    How kl_ref is meant to be estimated: z0 = KL(pi_theta(y'|x) || pi_ref(y'|x)) over
+    completions y' the prompt did not get. TRL and HALOs pair each prompt with another example's
+    completion (TRL cycles completions by one inside the batch), run policy and reference on
+    those mismatched pairs without gradient, and average (policy - ref) summed log-probs over
+    the batch and the data-parallel ranks before clamping at 0 (:func:`kto_kl_estimate`). That
+    costs one extra forward pass of each model per batch and needs more than one pair per batch
+    (TRL refuses batch size 1). Simpler estimates a caller may use: the detached mean of the
+    matched log-ratios of both responses, ``kto_kl_estimate(torch.cat([policy_chosen,
+    policy_rejected]), torch.cat([ref_chosen, ref_rejected]))`` (no extra pass, but biased: it
+    moves with the very rewards it centres), or kl_ref = 0 (a fixed reference point; the policy
+    starts at the reference, where the KL is 0).
+
+    Defaults (TRL KTOConfig; HALOs config/loss/kto.yaml): beta 0.1; desirable_weight =
+    undesirable_weight = 1.0, right for paired data (one desirable and one undesirable per
+    pair); for imbalanced data keep lambda_D n_D / (lambda_U n_U) in [1, 4/3]. Learning rate:
+    HALOs' default 5e-6; TRL's 1e-6, its docs asking for at most 1e-6 at beta 0.1 and 5e-7 to
+    5e-6 overall. Starts from an SFT model, which is also the reference.
+
+    Args:
+        policy_chosen, policy_rejected: (B,) policy log-probs of y_w and y_l.
+        ref_chosen, ref_rejected: (B,) reference log-probs of y_w and y_l.
+        beta: KTO's beta (paper and TRL: 0.1).
+        kl_ref: the reference point z0, a float or a 0-dim tensor (detached and clamped here).
+        desirable_weight: lambda_D, the weight of the chosen (desirable) term.
+        undesirable_weight: lambda_U, the weight of the rejected (undesirable) term.
+
+    Returns:
+        (B,) float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: on shapes that do not match, or a kl_ref that is not a scalar.
+
+    Example: pi_w = -10, ref_w = -12 (r_w = +2); pi_l = -20, ref_l = -18 (r_l = -2); beta = 0.1,
+    z0 = 0.5: desirable 1 - sigmoid(0.1 * 1.5) = sigmoid(-0.15) = 0.4626, undesirable
+    1 - sigmoid(0.1 * 2.5) = sigmoid(-0.25) = 0.4378; loss 0.9004.
+
+    >>> t = torch.tensor
+    >>> round(kto_loss(t([-10.0]), t([-20.0]), t([-12.0]), t([-18.0]), 0.1, kl_ref=0.5).item(), 4)
+    0.9004
+    """
+    chosen, rejected = _dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    if isinstance(kl_ref, Tensor):
+        if kl_ref.dim() != 0:
+            raise ValueError(
+                f"kl_ref must be a scalar (one reference point per batch), got shape "
+                f"{tuple(kl_ref.shape)}"
+            )
+        z0 = _upcast(kl_ref.detach()).to(chosen.device)
+    else:
+        z0 = torch.tensor(float(kl_ref), dtype=chosen.dtype, device=chosen.device)
+    z0 = z0.clamp(min=0.0)
+    # 1 - sigmoid(x) = sigmoid(-x): exact where sigmoid(x) would round to 1.
+    desirable = torch.sigmoid(beta * (z0 - chosen))  # (B,)
+    undesirable = torch.sigmoid(beta * (rejected - z0))  # (B,)
+    return desirable_weight * desirable + undesirable_weight * undesirable  # (B,)

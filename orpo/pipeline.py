@@ -10,15 +10,17 @@ from pathlib import Path
 
 from orpo import paths, store
 from orpo.config import Cell, Experiment, cell_id, optim_for
+from orpo.methods import starts_from_sft
 from orpo.sources import resolve_source
 from orpo.training.job import CellJob, cell_key
 from orpo.training.launch import run_cell
 
 
 def init_checkpoint(exp: Experiment, cell: Cell) -> str | None:
-    """The model folder a cell starts from: DPO from its SFT cell, the others from the
-    pretrained base when there is one, else from the model itself (preset or hub)."""
-    if cell.stage == "dpo":
+    """The model folder a cell starts from: DPO (and every method the registry starts from
+    SFT) from its SFT cell, the others from the pretrained base when there is one, else from
+    the model itself (preset or hub)."""
+    if starts_from_sft(cell.stage):
         source = cell_id("sft", cell.model, cell.seed)
     elif cell.stage != "pretrain" and exp.pretrain is not None and exp.pretrain.enabled:
         source = cell_id("pretrain", cell.model, cell.seed)

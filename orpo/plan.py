@@ -16,6 +16,7 @@ from pathlib import Path
 
 from orpo.config import Cell, Experiment, expand_cells, optim_for
 from orpo.data.counts import trained_model_names
+from orpo.methods import needs_reference
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def estimate_cost(exp: Experiment, cell: Cell) -> CellCost:
     rows_per_micro = optim.batch_size * (1 if cell.stage in ("sft", "pretrain") else 2)
     forward = micro_batches
     rows = micro_batches * rows_per_micro
-    if cell.stage == "dpo":
+    if needs_reference(cell.stage):
         ref_batches = math.ceil(pairs / optim.batch_size)
         forward += ref_batches  # reference log-probs, once, cached on disk
         rows += ref_batches * rows_per_micro
@@ -86,6 +87,8 @@ def _knob(cell: Cell) -> str:
         return f"orpo_lambda={cell.orpo_lambda:g}"
     if cell.dpo_beta is not None:
         return f"dpo_beta={cell.dpo_beta:g}"
+    if cell.params:  # SimPO, CPO, IPO: their section's loss settings, by their YAML names
+        return ",".join(f"{k}={v:g}" for k, v in cell.params.items())
     return "-"
 
 

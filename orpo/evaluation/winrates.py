@@ -27,7 +27,15 @@ import math
 
 import pandas as pd
 
-from orpo.config import BASE, RESAMPLED_SUFFIX, Cell, Experiment, cell_id, has_base_row
+from orpo.config import (
+    BASE,
+    RESAMPLED_SUFFIX,
+    Cell,
+    Experiment,
+    cell_id,
+    has_base_row,
+)
+from orpo.methods import OTHER_METHODS
 from orpo.metrics import detectable_effect, holm_adjust, pooled_win_rate, win_rate
 from orpo.report.tables import (
     METHOD,
@@ -51,7 +59,8 @@ def reward_matrix(rewards: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def comparisons(exp: Experiment, model: str, seed: int) -> list[tuple[Cell, Cell, str]]:
-    """(A, B, kind) of the paper's comparisons and the positive control, one model and seed."""
+    """(A, B, kind) of the paper's comparisons and the positive control, one model and seed;
+    each method beyond the paper's three (SimPO, CPO, IPO) against SFT and against ORPO."""
 
     def cell(stage, **knob):
         return Cell(
@@ -69,11 +78,15 @@ def comparisons(exp: Experiment, model: str, seed: int) -> list[tuple[Cell, Cell
         pairs += [(o, d) for o in orpos for d in dpos]
     if {"dpo", "sft"} <= methods:
         pairs += [(d, sft) for d in dpos]
+    others = [cell(m) for m in OTHER_METHODS if m in methods]
+    pairs += [(o, sft) for o in others if "sft" in methods]
+    pairs += [(o, other) for o in orpos if "orpo" in methods for other in others]
     found = [(a, b, METHOD) for a, b in pairs]
     if has_base_row(exp, model):  # every trained policy against the model it started from
         base = cell(BASE)
         found += [(sft, base, POSITIVE_CONTROL)] if "sft" in methods else []
         trained = (dpos if "dpo" in methods else []) + (orpos if "orpo" in methods else [])
+        trained += others
         found += [(p, base, METHOD) for p in trained]
     return found
 

@@ -11,20 +11,19 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from orpo.methods import METHOD_NAMES, METHODS
 from orpo.report.tables import is_missing
 
 METHOD_LABELS = {
     "base": "base (before fine-tuning)",  # a real model as loaded, or a preset after pretrain
     "pretrain": "pretrained base",
-    "sft": "SFT",
-    "dpo": "SFT+DPO",
-    "orpo": "ORPO",
+    **{name: spec.label for name, spec in METHODS.items()},
     "rm": "reward model",
 }
-METHOD_ORDER = ("base", "pretrain", "sft", "dpo", "orpo", "rm")
+METHOD_ORDER = ("base", "pretrain", *METHOD_NAMES, "rm")
 # What generates: the untrained base (where there is a base row), then the policies the paper
-# compares, in the order its figures show them.
-POLICY_METHODS = ("base", "sft", "dpo", "orpo")
+# compares, in the order its figures show them, then the other methods.
+POLICY_METHODS = ("base", *METHOD_NAMES)
 # The swept knobs, as the per-cell tables name them.
 KNOBS = ("orpo_lambda", "dpo_beta")
 NAN = float("nan")

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from orpo.methods import METHOD_NAMES, OTHER_METHODS
+
 META_FILE = "meta.json"
 
 DATA_SOURCES = ("synthetic", "hh-rlhf", "ultrafeedback")
 # "base": the untrained starting model of a pretrained checkpoint, evaluated as a control
-METHODS = ("base", "pretrain", "sft", "dpo", "orpo", "rm")
+METHODS = ("base", "pretrain", *METHOD_NAMES, "rm")
 CELL_STATUSES = ("completed", "cached", "failed")
 # "dpo" always means SFT then DPO (the paper's pipeline), never DPO from the base model.
-WIN_RATE_METHODS_A = ("orpo", "dpo", "sft")
-WIN_RATE_METHODS_B = ("sft", "dpo", "base")
+WIN_RATE_METHODS_A = ("orpo", "dpo", "sft", *OTHER_METHODS)
+WIN_RATE_METHODS_B = ("sft", "dpo", "base", *OTHER_METHODS)
 
 POOLED_SEED = -1  # win_rates.seed for a row pooled over every seed
 GREEDY_SAMPLE_INDEX = -1  # samples.sample_index for the greedy answer

@@ -13,11 +13,12 @@ the window and divides by the same totals to log means. Names follow the metric 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from orpo import losses
 from orpo.losses import (
     bradley_terry_loss,
     dpo_loss,
@@ -44,6 +45,7 @@ class ObjectiveConfig:
     nll_scope: str = "response"  # "full" also trains on prompt tokens (TRL's choice)
     orpo_lambda: float | None = None
     dpo_beta: float | None = None
+    params: dict[str, float] = field(default_factory=dict)  # SimPO's beta, gamma; CPO's ...
 
 
 def nll_mask(batch: dict[str, Tensor], rows: slice, scope: str) -> tuple[Tensor, Tensor]:
@@ -53,11 +55,15 @@ def nll_mask(batch: dict[str, Tensor], rows: slice, scope: str) -> tuple[Tensor,
     return batch["labels"][rows], batch["response_mask"][rows]
 
 
+# Stages with an NLL term: on every row (sft, pretrain) or on the chosen half of the pairs.
+NLL_STAGES = ("sft", "pretrain", "orpo", "cpo")
+
+
 def nll_tokens(batch: dict[str, Tensor], stage: str, scope: str) -> int:
     """Tokens the NLL of this micro-batch averages over (known before the forward pass)."""
-    if stage not in ("sft", "orpo", "pretrain"):
+    if stage not in NLL_STAGES:
         return 0
-    rows = slice(0, _n_pairs(batch) if stage == "orpo" else len(batch["input_ids"]))
+    rows = slice(0, _n_pairs(batch) if stage in ("orpo", "cpo") else len(batch["input_ids"]))
     _, mask = nll_mask(batch, rows, "full" if stage == "pretrain" else scope)
     return int(mask[:, 1:].sum())  # the first token is never predicted
 
@@ -78,8 +84,7 @@ def _pair_logps(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tenso
     """Summed and mean response log-probs of all 2B rows."""
     labels, mask = batch["labels"], batch["response_mask"]
     summed = sequence_logprobs(logits, labels, mask, "sum")  # (2B,)
-    n_tokens = mask[:, 1:].sum(-1).clamp(min=1)  # (2B,)
-    return summed, summed / n_tokens
+    return summed, sequence_logprobs(logits, labels, mask, "mean")  # raises on an empty one
 
 
 def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
@@ -122,8 +127,8 @@ def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     b = _n_pairs(batch)
     sum_logps, mean_logps = _pair_logps(logits, batch)  # (2B,)
     ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]  # (B,)
-    losses = dpo_loss(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta)
-    loss = losses.sum() / norms.examples
+    per_pair = dpo_loss(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta)
+    loss = per_pair.sum() / norms.examples
     r_chosen, r_rejected = dpo_rewards(
         sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta
     )
@@ -137,12 +142,83 @@ def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     return loss, stats
 
 
+def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """SimPO: -log sigmoid(beta * (mean logp_w - mean logp_l) - gamma), no reference."""
+    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
+    b = _n_pairs(batch)
+    _, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    beta, gamma = cfg.params["beta"], cfg.params["gamma"]
+    per_pair = losses.simpo_loss(mean_logps[:b], mean_logps[b:], beta, gamma)  # (B,)
+    loss = per_pair.sum() / norms.examples
+    margin = beta * (mean_logps[:b] - mean_logps[b:]).detach()  # SimPO's reward margin
+    stats = {
+        "loss": loss.detach(),
+        "logp_chosen": mean_logps[:b].detach().sum(),
+        "logp_rejected": mean_logps[b:].detach().sum(),
+        "reward_margin": margin.sum(),
+        "reward_accuracy": (margin > 0).float().sum(),
+    }
+    return loss, stats
+
+
+def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """CPO: NLL of the chosen response + the reference-free DPO term on summed log-probs."""
+    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
+    b = _n_pairs(batch)
+    labels, mask = nll_mask(batch, slice(0, b), cfg.nll_scope)
+    nll_sum, _ = token_nll(logits[:b], labels, mask)
+    sum_logps, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    prefer = losses.cpo_loss(sum_logps[:b], sum_logps[b:], cfg.params["beta"])  # (B,)
+    loss = nll_sum / norms.tokens + prefer.sum() / norms.examples
+    margin = cfg.params["beta"] * (sum_logps[:b] - sum_logps[b:]).detach()
+    stats = {
+        "loss": loss.detach(),
+        "nll": nll_sum.detach(),
+        "logp_chosen": mean_logps[:b].detach().sum(),
+        "logp_rejected": mean_logps[b:].detach().sum(),
+        "reward_margin": margin.sum(),
+        "reward_accuracy": (margin > 0).float().sum(),
+    }
+    return loss, stats
+
+
+def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
+    """IPO on MEAN response log-probs (per-token log-ratios, as TRL and the IPO authors' own
+    runs; see `orpo.losses.ipo_loss`); `ref` holds the cached SUMMED reference log-probs
+    (B, 2), divided here by the same response token counts."""
+    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
+    b = _n_pairs(batch)
+    _, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    n_tokens = response_tokens(batch).to(ref.dtype)  # (2B,)
+    ref_chosen, ref_rejected = ref[:, 0] / n_tokens[:b], ref[:, 1] / n_tokens[b:]  # (B,)
+    per_pair = losses.ipo_loss(
+        mean_logps[:b], mean_logps[b:], ref_chosen, ref_rejected, cfg.params["tau"]
+    )
+    loss = per_pair.sum() / norms.examples
+    margin = ((mean_logps[:b] - ref_chosen) - (mean_logps[b:] - ref_rejected)).detach()
+    stats = {
+        "loss": loss.detach(),
+        "logp_chosen": mean_logps[:b].detach().sum(),
+        "logp_rejected": mean_logps[b:].detach().sum(),
+        "reward_margin": margin.sum(),
+        "reward_accuracy": (margin > 0).float().sum(),
+    }
+    return loss, stats
+
+
+def response_tokens(batch: dict[str, Tensor]) -> Tensor:
+    """(rows,) tokens each row's response log-prob sums over: what `sequence_logprobs` counts
+    (after the shift, masked, label not -100)."""
+    counted = batch["response_mask"][:, 1:].bool() & (batch["labels"][:, 1:] != -100)
+    return counted.sum(-1)
+
+
 def rm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """Bradley-Terry reward model: scalar head on prompt+response, -log sigmoid(r_w - r_l)."""
     rewards = forward(**_model_inputs(batch)).logits.squeeze(-1).float()  # (2B,)
     b = _n_pairs(batch)
-    losses = bradley_terry_loss(rewards[:b], rewards[b:])  # (B,)
-    loss = losses.sum() / norms.examples
+    per_pair = bradley_terry_loss(rewards[:b], rewards[b:])  # (B,)
+    loss = per_pair.sum() / norms.examples
     margin = (rewards[:b] - rewards[b:]).detach()
     stats = {
         "loss": loss.detach(),
@@ -157,6 +233,9 @@ OBJECTIVES = {
     "sft": lm_objective,
     "orpo": orpo_objective,
     "dpo": dpo_objective,
+    "simpo": simpo_objective,
+    "cpo": cpo_objective,
+    "ipo": ipo_objective,
     "rm": rm_objective,
 }
 

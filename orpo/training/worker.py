@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from orpo.data.tokenize import chat_format
+from orpo.methods import needs_reference
 from orpo.models import build_model, count_parameters, is_preset, load_tokenizer, save_model
 from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
@@ -45,6 +46,7 @@ def objective_config(job: CellJob) -> ObjectiveConfig:
         nll_scope=job.nll_scope,
         orpo_lambda=job.cell.orpo_lambda,
         dpo_beta=job.cell.dpo_beta,
+        params=dict(job.cell.params),
     )
 
 
@@ -101,9 +103,10 @@ def reference_cache_key(job: CellJob, precision: str, device_type: str, world_si
 
 
 def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, bool]:
-    """DPO reference log-probs (summed, chosen/rejected) of train and eval pairs.
+    """Reference log-probs (summed, chosen/rejected) of train and eval pairs, for the methods
+    that need them (DPO, IPO: `orpo.methods`).
 
-    DPO starts from its reference (the SFT checkpoint), so before the first update the policy IS
+    They start from their reference (the SFT checkpoint), so before the first update the policy IS
     the reference: one pass under the same engine, no second model. Cached on disk per
     (reference checkpoint, data, lengths) and reused across dpo_beta values and epochs.
     Returns (logps, cache_hit)."""
@@ -217,7 +220,7 @@ def train(job: CellJob) -> dict:
     sink.log_params(job.training_params())
     ref, cache_hit = (None, None)
     ref_passes = 0
-    if job.cell.stage == "dpo":
+    if needs_reference(job.cell.stage):
         ref, cache_hit = reference_logps(engine, data, job, log)
         if not cache_hit:
             ref_passes = sum(

@@ -109,8 +109,8 @@ def test_plan_cli_exit_codes(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("raw", "quoted"),
     [
-        ({**MINIMAL, "methods": ["sft", "ppo-magic"]}, "methods.1: Input should be 'sft', 'dpo' or "
-         "'orpo', got 'ppo-magic'"),
+        ({**MINIMAL, "methods": ["sft", "ppo-magic"]}, "methods.1: Input should be 'sft', 'dpo', "
+         "'orpo', 'simpo', 'cpo' or 'ipo', got 'ppo-magic'"),
         ({**MINIMAL, "orpo_lambdas": [-0.5]}, "-0.5"),
         ({**MINIMAL, "resources": {"zero_stage": 4}}, "got 4"),
         ({**MINIMAL, "sft": {"lr": 1e-5, "epochs": 1, "batch_sise": 8}}, "got 8"),

@@ -10,13 +10,18 @@ import torch.nn.functional as F
 from orpo import losses
 from orpo.losses import (
     bradley_terry_loss,
+    cpo_loss,
     dpo_loss,
     dpo_rewards,
+    ipo_loss,
+    kto_kl_estimate,
+    kto_loss,
     log1mexp,
     odds_ratio_loss,
     orpo_loss,
     sequence_logprobs,
     sft_loss,
+    simpo_loss,
     token_nll,
 )
 
@@ -38,7 +43,7 @@ def all_finite(*tensors: torch.Tensor) -> bool:
 def test_docstring_examples_hold():
     # Every docstring's worked example is a doctest: a wrong number in the docs fails here.
     result = doctest.testmod(losses, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 9
+    assert result.attempted >= 15
     assert result.failed == 0
 
 
@@ -439,3 +444,243 @@ def test_sft_loss_over_zero_tokens_raises():
     logits, labels, _ = hand_built_batch()
     with pytest.raises(ValueError, match="zero tokens"):
         sft_loss(logits, labels, torch.zeros(2, 4, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------- SimPO, CPO, IPO, KTO
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_simpo_loss_reference_values():
+    # Mean log-probs, margin gamma in reward units: logits = beta * (c - r) - gamma.
+    # Pair 0: c = -1, r = -2, beta = 2, gamma = 1: 2 * 1 - 1 = 1, loss = ln(1 + e^-1) = 0.313262
+    # Pair 1: c = -1, r = -1.25: 2 * 0.25 - 1 = -0.5, loss = ln(1 + e^0.5) = 0.974077
+    # Pair 2: c = r = -0.7: 0 - 1 = -1, loss = ln(1 + e^1) = 1.313262 (the margin costs even a tie)
+    chosen = torch.tensor([-1.0, -1.0, -0.7])  # (B,)
+    rejected = torch.tensor([-2.0, -1.25, -0.7])  # (B,)
+    loss = simpo_loss(chosen, rejected, beta=2.0, gamma=1.0)
+    assert loss.shape == (3,) and loss.dtype == torch.float32
+    close(loss, [0.313262, 0.974077, 1.313262], rtol=0, atol=1e-6)
+    # beta * (c - r) == gamma is the break-even point: 2.5 * 0.2 - 0.5 = 0, loss = ln 2.
+    close(simpo_loss(torch.tensor([-1.0]), torch.tensor([-1.2]), beta=2.5, gamma=0.5), [LN2])
+
+
+def test_simpo_matches_the_reference_implementations_gamma_beta_ratio_form():
+    # princeton-nlp/SimPO and TRL's CPOTrainer(loss_type="simpo") compute
+    #   logits = (c - r) - gamma_beta_ratio;  loss = -logsigmoid(beta * logits)
+    # with gamma_beta_ratio = gamma / beta: the same function as beta * (c - r) - gamma.
+    # The released configs: (beta, gamma/beta) = (2.0, 0.8), (2.5, 0.1), (2.0, 0.5), (2.5, 0.55).
+    gen = torch.Generator().manual_seed(0)
+    chosen = -3 * torch.rand(16, generator=gen, dtype=torch.float64)  # (B,) mean log-probs
+    rejected = -3 * torch.rand(16, generator=gen, dtype=torch.float64)  # (B,)
+    for beta, ratio in [(2.0, 0.8), (2.5, 0.1), (2.0, 0.5), (2.5, 0.55), (10.0, 0.3)]:
+        reference = -F.logsigmoid(beta * ((chosen - rejected) - ratio))
+        ours = simpo_loss(chosen, rejected, beta=beta, gamma=ratio * beta)
+        close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_simpo_with_zero_margin_is_cpo_and_a_margin_only_adds_loss():
+    gen = torch.Generator().manual_seed(1)
+    chosen = -5 * torch.rand(8, generator=gen)  # (B,)
+    rejected = -5 * torch.rand(8, generator=gen)  # (B,)
+    for beta in (0.1, 2.0, 2.5):
+        cpo = cpo_loss(chosen, rejected, beta=beta)
+        assert torch.equal(simpo_loss(chosen, rejected, beta=beta, gamma=0.0), cpo)
+        # -log sigmoid is decreasing, so subtracting gamma > 0 from the logit raises every loss.
+        assert bool((simpo_loss(chosen, rejected, beta=beta, gamma=0.5) > cpo).all())
+
+
+def test_cpo_loss_reference_values_and_equals_dpo_with_a_uniform_reference():
+    # Summed log-probs, beta = 0.1:
+    # Pair 0: c = -12, r = -17: 0.1 * 5 = 0.5, loss = ln(1 + e^-0.5) = 0.474077
+    # Pair 1: swapped: -0.5, loss = ln(1 + e^0.5) = 0.974077
+    # Pair 2: c = r: ln 2
+    chosen = torch.tensor([-12.0, -17.0, -30.0])  # (B,)
+    rejected = torch.tensor([-17.0, -12.0, -30.0])  # (B,)
+    loss = cpo_loss(chosen, rejected, beta=0.1)
+    assert loss.shape == (3,) and loss.dtype == torch.float32
+    close(loss, [0.474077, 0.974077, LN2], rtol=0, atol=1e-6)
+    # CPO's L_prefer is DPO with pi_ref(y_w|x) = pi_ref(y_l|x): any equal reference cancels.
+    for k in (0.0, -25.0):
+        same_ref = torch.full((3,), k)
+        close(dpo_loss(chosen, rejected, same_ref, same_ref, beta=0.1), loss)
+
+
+def test_ipo_loss_reference_values():
+    # h = (pi_w - ref_w) - (pi_l - ref_l); loss = (h - 1/(2 tau))^2.
+    # Pair 0: (-1 - -1.5) - (-2 - -1.5) = 0.5 + 0.5 = 1;  tau = 0.1: (1 - 5)^2 = 16
+    # Pair 1: (-3 - -2) - (-1 - -1) = -1;                 tau = 0.1: (-1 - 5)^2 = 36
+    # Pair 2: (-0.5 - -3) - (-2.5 - -2.5) = 2.5;          tau = 0.1: (2.5 - 5)^2 = 6.25
+    pi_w = torch.tensor([-1.0, -3.0, -0.5])
+    pi_l = torch.tensor([-2.0, -1.0, -2.5])
+    ref_w = torch.tensor([-1.5, -2.0, -3.0])
+    ref_l = torch.tensor([-1.5, -1.0, -2.5])
+    loss = ipo_loss(pi_w, pi_l, ref_w, ref_l, tau=0.1)
+    assert loss.shape == (3,) and loss.dtype == torch.float32
+    close(loss, [16.0, 36.0, 6.25])
+    # tau = 0.5: target 1 -> [0, 4, 2.25];  tau = 0.25: target 2 -> [1, 9, 0.25]
+    close(ipo_loss(pi_w, pi_l, ref_w, ref_l, tau=0.5), [0.0, 4.0, 2.25])
+    close(ipo_loss(pi_w, pi_l, ref_w, ref_l, tau=0.25), [1.0, 9.0, 0.25])
+    with pytest.raises(ValueError, match="tau"):
+        ipo_loss(pi_w, pi_l, ref_w, ref_l, tau=0.0)
+
+
+def test_ipo_has_its_minimum_at_h_equal_one_over_two_tau():
+    # Sweep h through the target 1/(2 tau) = 2.5 (tau = 0.2) by moving pi_w alone.
+    tau = 0.2
+    target = 1 / (2 * tau)
+    h = torch.linspace(0.0, 5.0, 51, dtype=torch.float64)  # (51,), h[25] = 2.5
+    pi_w = h.clone().requires_grad_(True)  # with the other three 0, h = pi_w
+    zeros = torch.zeros_like(h)
+    loss = ipo_loss(pi_w, zeros, zeros, zeros, tau=tau)
+    loss.sum().backward()
+    assert int(loss.argmin()) == 25 and math.isclose(h[25].item(), target)
+    close(loss[25], 0.0, atol=1e-24, rtol=0)
+    # dL/dpi_w = 2 (h - target): below the target raising the chosen log-prob lowers the loss,
+    # above it IPO pushes back (DPO's loss would keep falling).
+    close(pi_w.grad, 2 * (h - target), rtol=1e-12, atol=1e-12)
+    assert bool((pi_w.grad[:25] < 0).all()) and bool((pi_w.grad[26:] > 0).all())
+    assert bool((loss[1:26] < loss[:25]).all()) and bool((loss[26:] > loss[25:50]).all())
+
+
+def test_kto_loss_reference_values():
+    # r = pi - ref (summed);  L = w_d * (1 - sigmoid(beta (r_w - z0))) + w_u * (1 - sigmoid(beta (z0 - r_l)))
+    # Pair 0: r_w = -10 - -12 = 2, r_l = -20 - -18 = -2; beta = 0.1, z0 = 0.5, weights 1:
+    #   1 - sigmoid(0.15) = 0.462570,  1 - sigmoid(0.25) = 0.437823;  sum 0.900394
+    # Pair 1: r_w = -6 - -5 = -1, r_l = -9 - -10 = +1 (the policy prefers y_l):
+    #   1 - sigmoid(-0.15) = 0.537430,  1 - sigmoid(-0.05) = 0.512497;  sum 1.049927
+    pi_w, pi_l = torch.tensor([-10.0, -6.0]), torch.tensor([-20.0, -9.0])
+    ref_w, ref_l = torch.tensor([-12.0, -5.0]), torch.tensor([-18.0, -10.0])
+    loss = kto_loss(pi_w, pi_l, ref_w, ref_l, beta=0.1, kl_ref=0.5)
+    assert loss.shape == (2,) and loss.dtype == torch.float32
+    expected_0 = (1 - sigmoid(0.15)) + (1 - sigmoid(0.25))
+    expected_1 = (1 - sigmoid(-0.15)) + (1 - sigmoid(-0.05))
+    close(loss, [expected_0, expected_1])
+    close(loss, [0.900394, 1.049927], rtol=0, atol=1e-6)
+    # Weights: beta = 0.5, z0 = 0.5, w_d = 1, w_u = 1.5 on pair 1:
+    #   1.0 * (1 - sigmoid(0.5 * (-1 - 0.5))) + 1.5 * (1 - sigmoid(0.5 * (0.5 - 1)))
+    #   = sigmoid(0.75) + 1.5 * sigmoid(0.25) = 0.679179 + 1.5 * 0.562177 = 1.522443
+    weighted = kto_loss(
+        pi_w[1:],
+        pi_l[1:],
+        ref_w[1:],
+        ref_l[1:],
+        0.5,
+        0.5,
+        desirable_weight=1.0,
+        undesirable_weight=1.5,
+    )
+    close(weighted, [1.522443], rtol=0, atol=1e-6)
+
+
+def test_kto_loss_is_twice_trl_per_example_mean():
+    # TRL's KTOTrainer: chosen_losses = 1 - sigmoid(beta (r_w - kl)), rejected_losses =
+    # 1 - sigmoid(beta (kl - r_l)), loss = cat(w_d * chosen, w_u * rejected).nanmean().
+    gen = torch.Generator().manual_seed(2)
+    pi_w, pi_l, ref_w, ref_l = (
+        -40 * torch.rand(6, generator=gen, dtype=torch.float64) for _ in range(4)
+    )
+    beta, kl, w_d, w_u = 0.1, 0.3, 1.0, 1.33
+    r_w, r_l = pi_w - ref_w, pi_l - ref_l
+    trl = torch.cat(
+        (w_d * (1 - torch.sigmoid(beta * (r_w - kl))), w_u * (1 - torch.sigmoid(beta * (kl - r_l))))
+    ).nanmean()
+    ours = kto_loss(
+        pi_w, pi_l, ref_w, ref_l, beta, kl, desirable_weight=w_d, undesirable_weight=w_u
+    )
+    close(ours.mean() / 2, trl, rtol=1e-12, atol=1e-12)
+
+
+def test_kto_reference_point_is_clamped_detached_and_scalar():
+    pi_w, pi_l = torch.tensor([-10.0]), torch.tensor([-20.0])
+    ref_w, ref_l = torch.tensor([-12.0]), torch.tensor([-18.0])
+    # z0 = max(0, kl_ref): a negative estimate is the same as 0 (as a float or a tensor).
+    at_zero = kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=0.0)
+    close(at_zero, [2 * (1 - sigmoid(0.2))])  # r_w = 2, r_l = -2: both terms 1 - sigmoid(0.2)
+    assert torch.equal(kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=-0.7), at_zero)
+    assert torch.equal(kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=torch.tensor(-0.7)), at_zero)
+    # A larger z0 makes the desirable term harder and the undesirable one easier.
+    high = kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=1.0)
+    close(high, [(1 - sigmoid(0.1)) + (1 - sigmoid(0.3))])
+    # No gradient reaches kl_ref, even if the caller forgot to detach it.
+    kl = torch.tensor(0.5, requires_grad=True)
+    pi_w.requires_grad_(True)
+    kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=kl).sum().backward()
+    assert kl.grad is None and pi_w.grad is not None
+    with pytest.raises(ValueError, match="kl_ref must be a scalar"):
+        kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=torch.zeros(1))
+
+
+def test_kto_kl_estimate_values_clamp_and_errors():
+    # log-ratios +1, +0.5, -0.3: mean 1.2 / 3 = 0.4
+    policy = torch.tensor([-10.0, -12.0, -5.3], requires_grad=True)
+    ref = torch.tensor([-11.0, -12.5, -5.0])
+    z0 = kto_kl_estimate(policy, ref)
+    assert z0.shape == () and z0.dtype == torch.float32 and not z0.requires_grad
+    close(z0, 0.4)
+    # Mean below 0 (log-ratios -1, -2): clamped to 0.
+    close(kto_kl_estimate(torch.tensor([-10.0, -12.0]), torch.tensor([-9.0, -10.0])), 0.0)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        kto_kl_estimate(torch.zeros(3), torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="zero pairs"):
+        kto_kl_estimate(torch.zeros(0), torch.zeros(0))
+
+
+def four_logps(dtype: torch.dtype) -> list[torch.Tensor]:
+    """pi_w, pi_l, ref_w, ref_l, (B,) = (2,), leaves with requires_grad."""
+    values = [[-1.0, -2.0], [-2.0, -1.5], [-1.5, -1.8], [-1.5, -1.2]]
+    return [torch.tensor(v, dtype=dtype, requires_grad=True) for v in values]
+
+
+NEW_LOSSES = {
+    "simpo": lambda pw, pl, rw, rl: simpo_loss(pw, pl, beta=2.0, gamma=0.5),
+    "cpo": lambda pw, pl, rw, rl: cpo_loss(pw, pl, beta=0.1),
+    "ipo": lambda pw, pl, rw, rl: ipo_loss(pw, pl, rw, rl, tau=0.1),
+    "kto": lambda pw, pl, rw, rl: kto_loss(pw, pl, rw, rl, beta=0.1, kl_ref=0.2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_new_losses_shapes_and_dtypes(name, dtype):
+    loss = NEW_LOSSES[name](*four_logps(dtype))
+    assert loss.shape == (2,)
+    # Computed in float32 or wider whatever the input dtype.
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert all_finite(loss)
+
+
+@pytest.mark.parametrize("name", sorted(NEW_LOSSES))
+def test_new_losses_gradient_direction(name):
+    # Raising the chosen log-prob lowers the loss, raising the rejected one raises it. For IPO
+    # that holds below the target: here h = (0.5 - -0.5, -0.2 - -0.3) = (1.0, 0.1), under 5.
+    pi_w, pi_l, ref_w, ref_l = four_logps(torch.float32)
+    NEW_LOSSES[name](pi_w, pi_l, ref_w, ref_l).sum().backward()
+    assert bool((pi_w.grad < 0).all()), pi_w.grad
+    assert bool((pi_l.grad > 0).all()), pi_l.grad
+    # The reference is frozen: no gradient reaches it (CPO and SimPO do not take it at all).
+    assert ref_w.grad is None and ref_l.grad is None
+
+
+def test_simpo_and_cpo_gradient_matches_closed_form():
+    # L = -log sigmoid(z), z = beta (c - r) - gamma:  dL/dc = -beta sigmoid(-z), dL/dr = +beta sigmoid(-z)
+    # c = -1, r = -2, beta = 2, gamma = 1: z = 1, dL/dc = -2 * sigmoid(-1) = -2 * 0.268941 = -0.537883
+    c = torch.tensor([-1.0], requires_grad=True)
+    r = torch.tensor([-2.0], requires_grad=True)
+    simpo_loss(c, r, beta=2.0, gamma=1.0).sum().backward()
+    close(c.grad, [-2 * sigmoid(-1.0)])
+    close(r.grad, [2 * sigmoid(-1.0)])
+
+
+def test_new_losses_reject_mismatched_shapes():
+    b, b1 = torch.zeros(3), torch.zeros(3, 1)
+    with pytest.raises(ValueError, match=r"shape mismatch.*\(3,\).*\(3, 1\)"):
+        simpo_loss(b, b1, beta=2.0, gamma=0.5)
+    with pytest.raises(ValueError, match=r"shape mismatch.*\(3,\).*\(3, 1\)"):
+        cpo_loss(b, b1, beta=0.1)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        ipo_loss(b, b, b1, b, tau=0.1)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        kto_loss(b, b, b, b1, beta=0.1, kl_ref=0.0)

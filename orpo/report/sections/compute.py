@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from orpo.methods import OTHER_METHODS, starts_from_sft
 from orpo.report.labels import (
     method_label,
     model_rank,
@@ -51,8 +52,9 @@ def _per_method_table(cells: pd.DataFrame, models: list[str]) -> Safe:
                 rows,
             ),
             guide(
-                "mean per finished cell (completed or cached; failed cells left out). ORPO "
-                "needs one forward pass per batch, DPO two (policy and reference)."
+                "mean per finished cell (completed or cached; failed cells left out). ORPO, "
+                "SimPO and CPO need one forward pass per batch; DPO and IPO also need the "
+                "reference's log-probs, one pass over the data per SFT checkpoint (cached)."
             ),
         ]
     )
@@ -81,6 +83,24 @@ def _pipeline_table(cells: pd.DataFrame, models: list[str]) -> Safe:
                     _ratio(cost, baseline, "wall_seconds"),
                 ]
             )
+        for name in OTHER_METHODS:  # SimPO, CPO, IPO: with their SFT cell when they start there
+            own = of_model[of_model["method"] == name]
+            if own.empty or (starts_from_sft(name) and sft.empty):
+                continue
+            cost = _mean_cost(own)
+            if starts_from_sft(name):
+                cost = _pipeline_cost(_mean_cost(sft), cost)
+            rows.append(
+                [
+                    model,
+                    f"SFT then {method_label(name)}"
+                    if starts_from_sft(name)
+                    else method_label(name),
+                    *_cost_cells(cost),
+                    _ratio(cost, baseline, "forward_passes"),
+                    _ratio(cost, baseline, "wall_seconds"),
+                ]
+            )
     if not rows:
         return note("No finished SFT, SFT+DPO or ORPO cells to compare.")
     headers = [
@@ -98,7 +118,8 @@ def _pipeline_table(cells: pd.DataFrame, models: list[str]) -> Safe:
             table(headers, rows),
             guide(
                 "SFT+DPO costs its SFT cell plus its DPO cell (sums; peak memory is the larger); "
-                "ORPO is one cell from the base model. A ratio below 1 means ORPO was cheaper. "
+                "ORPO is one cell from the base model; a method that starts from SFT (SimPO, CPO, "
+                "IPO) counts its SFT cell too. A ratio below 1 means cheaper than SFT+DPO. "
                 "The shared pretrained base and the reward-model judge are not counted."
             ),
         ]
