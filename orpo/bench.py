@@ -126,6 +126,7 @@ def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict
         "forward_passes_per_step": train_passes / steps,  # summed over processes
         "reference_forward_passes": result.get("reference_forward_passes", 0),
         "peak_rss_mb": result["peak_rss_mb"],  # per process (the largest rank's)
+        "peak_gpu_mb": result.get("peak_gpu_mb"),  # torch's allocator peak; None on CPU
         "wall_seconds": result.get("wall_seconds"),
         # other processes on the machine slow every figure down, badly so for OpenMP threads
         # that spin-wait on shared cores: the 1-minute load average when the cell finished
@@ -152,6 +153,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
             loop_config,
             model_kind,
             objective_config,
+            peak_gpu_mb,
             peak_rss_mb,
             reference_logps,
             resolve_tokenizer,
@@ -187,6 +189,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
                 "forward_passes": state.forward_passes + ref_passes,
                 "reference_forward_passes": ref_passes,
                 "peak_rss_mb": peak_rss_mb(),
+                "peak_gpu_mb": peak_gpu_mb(),
                 "parameters": n_params,
                 "wall_seconds": time.time() - started,
             }
@@ -222,17 +225,20 @@ def render_table(report: dict) -> str:
         "# orpo bench",
         "",
         f"{m['cpus']} CPUs ({m['processor'] or m['machine']}), torch {m['torch']}, "
-        f"deepspeed {m['deepspeed']}, fp32 on CPU; {s['steps']} optimizer steps per cell, "
+        f"deepspeed {m['deepspeed']}, "
+        + (f"{m['gpu']}, bf16" if m.get("gpu") else "fp32 on CPU")
+        + f"; {s['steps']} optimizer steps per cell, "
         f"global batch {s['global_batch']} pairs, max_length {s['max_length']}. "
         "ZeRO-3 figures exclude start-up (train_seconds / steps from result.json); forward "
         "passes are summed over processes; DPO's reference log-probs are computed once per "
-        "cell (then cached), counted in 'ref fwd', not per step; peak RSS is per process; "
+        "cell (then cached), counted in 'ref fwd', not per step; peak RSS is per process; peak GPU "
+        "MB is torch's allocator peak on the largest rank's GPU ('-' on CPU); "
         "'load' is the machine's 1-minute load average when the cell finished (above the "
         "CPU count, other work was competing and the row is slower than the machine can do).",
         "",
         "| model | params | method | engine | procs | s/step | tokens/s | fwd/step | ref fwd "
-        "| peak RSS MB | vs torch | model TFLOP/s | MFU | load |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB | peak GPU MB | vs torch | model TFLOP/s | MFU | load |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     floors = {
         (r["model"], r["method"]): r
@@ -243,7 +249,7 @@ def render_table(report: dict) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['model']} | - | {r['method']} | {r['engine']} | {r['procs']} | "
-                f"failed: {r['error'][:80]} | | | | | | | | |"
+                f"failed: {r['error'][:80]} | | | | | | | | | |"
             )
             continue
         floor = floors.get((r["model"], r["method"]))
@@ -258,7 +264,8 @@ def render_table(report: dict) -> str:
             f"| {r['model']} | {params} | {r['method']} | {engine} | {r['procs']} | "
             f"{r['seconds_per_step']:.3f} | {_fmt(r['tokens_per_s'])} | "
             f"{r['forward_passes_per_step']:g} | {r['reference_forward_passes']} | "
-            f"{_fmt(r['peak_rss_mb'])} | {ratio} | {_optional(r.get('model_tflops'), '.3f')} | "
+            f"{_fmt(r['peak_rss_mb'])} | {_optional(r.get('peak_gpu_mb'), ',.0f')} | {ratio} | "
+            f"{_optional(r.get('model_tflops'), '.3f')} | "
             f"{_optional(r.get('mfu'), '.1%')} | {r.get('load_avg_1m', '-')} |"
         )
     return "\n".join(lines) + "\n"
@@ -280,6 +287,7 @@ def _machine() -> dict:
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 

@@ -145,6 +145,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def peak_gpu_mb() -> float | None:
+    """Peak memory torch allocated on this process's GPU (None without CUDA). The allocator's
+    own cache and the CUDA context are not in it: nvidia-smi shows more."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def make_progress(total: int, rank: int, log):
     """tqdm bar on a terminal, else a plain line every ~5% of the steps."""
     if rank != 0:
@@ -243,6 +251,7 @@ def train(job: CellJob) -> dict:
         save=lambda m: save_model(m, tokenizer, model_dir),
     )
     rss = max(engine.all_gather_object(peak_rss_mb()))
+    gpu = [mb for mb in engine.all_gather_object(peak_gpu_mb()) if mb is not None]
     result = {
         "cell_id": job.cell.id,
         "stage": job.cell.stage,
@@ -267,6 +276,7 @@ def train(job: CellJob) -> dict:
         "train_seconds": state.train_seconds,
         "wall_seconds": time.time() - started,
         "peak_rss_mb": rss,
+        "peak_gpu_mb": max(gpu) if gpu else None,  # the largest rank's; None on CPU
         "used_reference_cache": cache_hit,
         "world_size": world,
         "zero_stage": job.resources.zero_stage,

@@ -295,6 +295,21 @@ def test_bench_rows_carry_model_flops_and_no_mfu_without_a_gpu():
     row = _row("m", "orpo", "zero3", 1, result)
     assert row["tokens_per_s"] == 500 and row["model_tflops"] == pytest.approx(6e6 * 500 / 1e12)
     assert row["mfu"] is None  # these machines have no GPU; no CPU peak is claimed
+    assert row["peak_gpu_mb"] is None  # nothing measured, nothing claimed
+    on_gpu = _row("m", "orpo", "zero3", 1, {**result, "peak_gpu_mb": 1234.5})
+    assert on_gpu["peak_gpu_mb"] == 1234.5
+
+
+def test_peak_gpu_memory_is_none_without_cuda():
+    import torch
+
+    from orpo.training.worker import peak_gpu_mb
+
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+        assert peak_gpu_mb() > 0
+    else:
+        assert peak_gpu_mb() is None
 
 
 def test_cell_key_follows_a_local_model_folders_content_not_its_path(tmp_path):
