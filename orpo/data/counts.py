@@ -225,6 +225,19 @@ def data_counts(exp: Experiment) -> DataCounts:
     )
 
 
+def manifest_line(manifest: dict) -> str:
+    """One line of what preparation kept, for the report: split sizes, then per source file
+    the rows cleaning read, kept and dropped (with reasons); from `runs/<exp>/data/manifest.json`."""
+    sizes = ", ".join(f"{split} {n}" for split, n in (manifest.get("counts") or {}).items())
+    parts = [f"pairs: {sizes}" if sizes else "pairs: not recorded"]
+    for part, counts in (manifest.get("cleaning") or {}).items():
+        report = CleaningReport(**counts)
+        parts.append(f"{part} rows cleaned: {report.summary()}")
+    if not manifest.get("cleaning"):
+        parts.append("generated (the synthetic suite is not cleaned)")
+    return "; ".join(parts)
+
+
 def _cleaning_line(part: str, report: CleaningReport, data: DataConfig) -> str:
     dropped = {reason: n for reason, n in report.dropped.items() if n}
     reasons = ", ".join(f"{reason}={n}" for reason, n in dropped.items()) or "none"

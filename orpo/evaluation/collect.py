@@ -41,6 +41,7 @@ from orpo.config import (
     expand_cells,
     load_experiment,
 )
+from orpo.data.counts import manifest_line
 from orpo.data.schema import PreferenceExample, read_jsonl, read_rows
 from orpo.diversity import lexical_diversity, load_embedder
 from orpo.evaluation.cell import (
@@ -364,6 +365,9 @@ def collect_results(exp: Experiment, meta_extra: dict | None = None) -> Path:
         "eval": exp.eval.model_dump(mode="json"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
+    manifest = paths.data_dir(exp.name) / "manifest.json"
+    if manifest.is_file():
+        meta["data_rows"] = manifest_line(json.loads(manifest.read_text()))
     meta["notes"] = [*notes, *(extra.pop("notes", None) or [])]
     meta.update(extra)
     out = paths.results_dir(exp.name)

@@ -120,6 +120,7 @@ def _meta_block(results: Results) -> Safe:
     meta = results.meta
     items: list[tuple[str, object]] = [
         ("Data source", meta.data_source),
+        ("Data rows", meta.data_rows or "—"),
         ("Experiment's judge", meta.judge),
         ("Headline judge", headline_judge(results)),
         ("Models (size order)", ", ".join(meta.models) or "—"),

@@ -171,6 +171,7 @@ class Meta:
     orpo_lambdas: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     created: str = ""
+    data_rows: str = ""  # what preparation kept and cleaning dropped (orpo.data.counts)
     prefect_flow_run_url: str | None = None
     mlflow_parent_run_url: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -239,6 +240,7 @@ def load_meta(path: Path) -> Meta:
         orpo_lambdas=[float(x) for x in raw.get("orpo_lambdas") or []],
         seeds=[int(x) for x in raw.get("seeds") or []],
         created=str(raw.get("created") or ""),
+        data_rows=str(raw.get("data_rows") or ""),
         prefect_flow_run_url=raw.get("prefect_flow_run_url"),
         mlflow_parent_run_url=raw.get("mlflow_parent_run_url"),
         notes=[str(n) for n in raw.get("notes") or []],

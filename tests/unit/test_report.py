@@ -401,3 +401,22 @@ def test_chromium_screenshot_is_not_blank(tmp_path):
     # Text, tables and the headline's coloured verdicts: a real page, not a single colour.
     non_white = (pixels < 0.9).any(axis=-1).mean()
     assert non_white > 0.02
+
+
+@unit
+def test_the_data_rows_cleaning_kept_and_dropped_are_shown(tmp_path):
+    from orpo.data.clean import CleaningReport
+    from orpo.data.counts import manifest_line
+
+    report = CleaningReport(kept=3, dropped={"empty_rejected": 1, "identical": 1})
+    manifest = {"counts": {"train": 2, "eval": 1, "test": 2}, "cleaning": {"train": vars(report)}}
+    line = manifest_line(manifest)
+    assert line.startswith("pairs: train 2, eval 1, test 2; train rows cleaned: kept 3 of 5")
+    assert "identical=1" in line
+    assert "not cleaned" in manifest_line({"counts": {"train": 4}, "cleaning": {}})
+
+    results_dir = write_fixture_results(tmp_path / "results")
+    meta = json.loads((results_dir / "meta.json").read_text())
+    (results_dir / "meta.json").write_text(json.dumps({**meta, "data_rows": line}))
+    page = render_from(results_dir)
+    assert "Data rows" in page and "kept 3 of 5 pairs" in page
