@@ -51,14 +51,12 @@ def orpo_ablation(
     models: list[str] | None = None,
     methods: list[Method] | None = None,
     overrides: dict[str, Any] | None = None,
-    fail_cells: dict[str, int] | None = None,
 ) -> str:
     """Run an experiment grid.
 
     The grid knobs are typed parameters, so a Prefect server rejects a bad value (say a
     negative orpo_lambda) before it creates the flow run; `overrides` maps any other dotted
-    experiment key to a value, validated by the experiment schema before any task runs.
-    `fail_cells` (testing) injects a NaN loss at the given step of the named cells."""
+    experiment key to a value, validated by the experiment schema before any task runs."""
     logger = get_run_logger()
     knobs = {
         "orpo_lambdas": orpo_lambdas,
@@ -94,7 +92,7 @@ def orpo_ablation(
     recovery.reclaim_slots(exp.name, this_run, training_slots(exp.name), logger.warning)
 
     try:
-        trained, evaluated = _fan_out(exp, experiment_file, args, parent, fail_cells or {})
+        trained, evaluated = _fan_out(exp, experiment_file, args, parent)
         wait([*trained.values(), *evaluated])
         unfinished = {
             cid: str(f.state.message) for cid, f in trained.items() if not f.state.is_completed()
@@ -116,7 +114,7 @@ def orpo_ablation(
 
 
 def _fan_out(
-    exp: Experiment, experiment_file: str, args: list[str], parent: str, fail_cells: dict[str, int]
+    exp: Experiment, experiment_file: str, args: list[str], parent: str
 ) -> tuple[dict, list]:
     """Submit data, every training cell (after the cells it starts from), and generation and
     judging of every policy and base row (after its cell and the reward-model judge)."""
@@ -126,8 +124,7 @@ def _fan_out(
     for cell in cells:  # dependency order: upstream futures exist already
         upstream = [trained[d] for d in cell.depends_on]
         trained[cell.id] = train_cell_task.with_options(retries=exp.resources.retries).submit(
-            experiment_file, args, cell.id, parent, fail_cells.get(cell.id),
-            wait_for=[data, *upstream],
+            experiment_file, args, cell.id, parent, wait_for=[data, *upstream],
         )  # fmt: skip
     judge_ready = _judge_dependencies(exp, trained)
     evaluated = [judge_quality_task.submit(experiment_file, args, wait_for=[data, *judge_ready])]

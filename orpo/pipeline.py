@@ -40,7 +40,6 @@ def make_job(
     cell: Cell,
     mlflow_run_id: str | None = None,
     tracking_uri: str | None = None,
-    fail_at_step: int | None = None,
 ) -> CellJob:
     return CellJob(
         experiment=exp.name,
@@ -59,7 +58,6 @@ def make_job(
         tracking_uri=tracking_uri,
         trust_remote_code=exp.trust_remote_code,
         keep_dropout=exp.keep_dropout,
-        fail_at_step=fail_at_step,
     )
 
 

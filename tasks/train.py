@@ -100,12 +100,11 @@ def train_cell_task(
     overrides: list[str],
     cell_id: str,
     parent_run_id: str,
-    fail_at_step: int | None = None,
 ) -> str:
     logger = get_run_logger()
     exp = load(experiment_file, overrides)
     cell = {c.id: c for c in expand_cells(exp)}[cell_id]
-    job = make_job(exp, cell, fail_at_step=fail_at_step)
+    job = make_job(exp, cell)
     require_inputs(job)
     tags = {
         "orpo.cell_id": cell_id,

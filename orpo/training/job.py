@@ -35,7 +35,6 @@ class CellJob(BaseModel):
     tracking_uri: str | None = None
     trust_remote_code: bool = False
     keep_dropout: bool = Field(False, description="keep the checkpoint's dropout when training")
-    fail_at_step: int | None = Field(None, description="test hook: inject a NaN loss at this step")
 
     @property
     def out(self) -> Path:
@@ -62,7 +61,6 @@ class CellJob(BaseModel):
                 "mlflow_run_id",
                 "tracking_uri",
                 "ref_cache_dir",
-                "fail_at_step",
             }
         )
 

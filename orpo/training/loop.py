@@ -5,7 +5,6 @@ and `log` (progress lines)."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,11 +25,6 @@ from orpo.training.objectives import (
 
 PER_TOKEN_STATS = {"nll"}
 
-KILL_AT_STEP_ENV = "ORPO_TEST_KILL_AT_STEP"
-"""Test hook: when this environment variable equals N, every rank exits abruptly
-(`os._exit(1)`, no clean-up) right after optimizer step N's metrics are logged, as a crash
-would; the kill-and-resume test uses it. Never set it outside tests."""
-
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf: the cell stops, naming the step."""
@@ -50,7 +44,6 @@ class LoopConfig:
     seed: int
     ckpt_dir: Path | None  # None: no checkpoints (the benchmark)
     eval_batch_size: int = 16
-    fail_at_step: int | None = None  # test hook: NaN loss injected at this step
 
 
 @dataclass
@@ -201,9 +194,6 @@ def run_loop(
         for i, batch in enumerate(micro_batches):
             inputs, ref = on_device(batch, ref_train, engine.device)
             loss, stats = objective(engine.forward, inputs, norms, obj_cfg, ref)
-            if cfg.fail_at_step == step:
-                loss = loss * float("nan")
-                stats["loss"] = loss.detach()
             engine.backward(loss)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -244,8 +234,6 @@ def run_loop(
             sink.flush()  # buffered metrics up to the checkpoint survive a crash after it
         if progress is not None:
             progress(step, metrics)
-        if os.environ.get(KILL_AT_STEP_ENV) == str(step):
-            os._exit(1)  # test hook (see KILL_AT_STEP_ENV): a crash, nothing flushed or closed
     sink.flush()
     return state
 

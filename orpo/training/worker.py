@@ -61,7 +61,6 @@ def loop_config(job: CellJob, steps: int, ckpt_dir: Path | None) -> LoopConfig:
         checkpoint_every=optim.checkpoint_every,
         seed=job.cell.seed,
         ckpt_dir=ckpt_dir,
-        fail_at_step=job.fail_at_step,
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.faults import inject
 from tests.micro import MICRO
 
 pytestmark = pytest.mark.e2e
@@ -126,12 +127,13 @@ def test_changed_lambda_trains_only_its_cell(env):
     assert trained == {"orpo-opt-tiny-l0.2-s0"}
 
 
-def test_failed_cell_leaves_the_others_and_is_reported(env):
+def test_failed_cell_leaves_the_others_and_is_reported(env, monkeypatch):
     from flows.ablation import orpo_ablation
 
     home, path = env
     bad, blocked = "sft-opt-tiny-s1", "dpo-opt-tiny-b0.1-s1"  # DPO starts from the failed SFT
-    html = orpo_ablation(experiment_file=path, seeds=[1], fail_cells={bad: 2})
+    inject(monkeypatch, {bad: {"nan_at_step": 2}})
+    html = orpo_ablation(experiment_file=path, seeds=[1])
     parent = parent_runs(home)[-1]
     assert parent.info.status == "FAILED"
     children = child_runs(home, parent.info.run_id)

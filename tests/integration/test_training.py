@@ -24,7 +24,7 @@ from orpo.pipeline import make_job, train_cell
 from orpo.training.engine import warmup_cosine
 from orpo.training.job import CellJob
 from orpo.training.launch import CellFailed
-from orpo.training.loop import KILL_AT_STEP_ENV
+from tests.faults import inject
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,6 @@ def lab(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORPO_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        mp.delenv(KILL_AT_STEP_ENV, raising=False)
         yield Lab(home)
 
 
@@ -278,7 +277,7 @@ def test_kill_and_resume_reproduces_the_tail(lab, monkeypatch):
     )
     assert job.optim.checkpoint_every == 2
 
-    monkeypatch.setenv(KILL_AT_STEP_ENV, "3")  # dies right after step 3 is logged
+    inject(monkeypatch, {job.cell.id: {"kill_after_step": 3}})  # dies right after step 3 is logged
     with pytest.raises(CellFailed, match="exited with code"):
         lab.run("orpo-resume-killed", job)
     ckpt = Path(job.out_dir) / "checkpoints"
@@ -286,7 +285,7 @@ def test_kill_and_resume_reproduces_the_tail(lab, monkeypatch):
     assert [r["step"] for r in metric_rows(job.out_dir)] == [1, 2, 3]
     assert not (Path(job.out_dir) / "result.json").exists()
 
-    monkeypatch.delenv(KILL_AT_STEP_ENV)
+    monkeypatch.undo()  # no fault any more
     result = lab.run("orpo-resume", job)
     assert result["resumed_from"] == 2 and result["steps"] == STEPS
     assert any("resumed from checkpoint at step 2" in line for line in lab.output["orpo-resume"])
@@ -369,8 +368,9 @@ def test_mlflow_holds_the_catalogue(lab):
 # --- failures ------------------------------------------------------------------------------------
 
 
-def test_nan_loss_fails_the_cell_naming_the_step(lab):
-    job = lab.job("sft", "nan", fail_at_step=3)
+def test_nan_loss_fails_the_cell_naming_the_step(lab, monkeypatch):
+    job = lab.job("sft", "nan")
+    inject(monkeypatch, {job.cell.id: {"nan_at_step": 3}})
     with pytest.raises(CellFailed, match=r"non-finite loss nan at optimizer step 3") as err:
         lab.run("sft-nan", job)
     assert str(err.value).splitlines()[0].startswith(f"cell {job.cell.id} exited with code")
