@@ -92,12 +92,12 @@ def orpo_ablation(
     recovery.reclaim_slots(exp.name, this_run, training_slots(exp.name), logger.warning)
 
     try:
-        trained, evaluated = _fan_out(exp, experiment_file, args, parent)
+        trained, evaluated = _fan_out(exp, parent)
         wait([*trained.values(), *evaluated])
         unfinished = {
             cid: str(f.state.message) for cid, f in trained.items() if not f.state.is_completed()
         }
-        html = report_task.submit(experiment_file, args, parent, unfinished).result()
+        html = report_task.submit(exp, parent, unfinished).result()
     except BaseException:
         # Cancelled (Prefect turns the SIGTERM into an exception here, in the main thread) or
         # crashed: stop the DeepSpeed processes, which live in their own sessions and would
@@ -113,28 +113,27 @@ def orpo_ablation(
     return html
 
 
-def _fan_out(
-    exp: Experiment, experiment_file: str, args: list[str], parent: str
-) -> tuple[dict, list]:
+def _fan_out(exp: Experiment, parent: str) -> tuple[dict, list]:
     """Submit data, every training cell (after the cells it starts from), and generation and
-    judging of every policy and base row (after its cell and the reward-model judge)."""
-    data = prepare_data_task.submit(experiment_file, args)
+    judging of every policy and base row (after its cell and the reward-model judge). Tasks get
+    the validated experiment and cell objects, parsed once by the flow."""
+    data = prepare_data_task.submit(exp)
     cells = expand_cells(exp)
     trained = {}
     for cell in cells:  # dependency order: upstream futures exist already
         upstream = [trained[d] for d in cell.depends_on]
         trained[cell.id] = train_cell_task.with_options(retries=exp.resources.retries).submit(
-            experiment_file, args, cell.id, parent, wait_for=[data, *upstream],
+            exp, cell, parent, wait_for=[data, *upstream],
         )  # fmt: skip
     judge_ready = _judge_dependencies(exp, trained)
-    evaluated = [judge_quality_task.submit(experiment_file, args, wait_for=[data, *judge_ready])]
+    evaluated = [judge_quality_task.submit(exp, wait_for=[data, *judge_ready])]
     for cell in evaluated_cells(exp):
         # a policy waits for its training; a base row for the data (and its pretrain cell)
         ready = (
             [trained[cell.id]] if cell.id in trained else [data, *map(trained.get, cell.depends_on)]
         )
-        gen = generate_task.submit(experiment_file, args, cell.id, wait_for=ready)
-        judged = judge_task.submit(experiment_file, args, cell.id, wait_for=[gen, *judge_ready])
+        gen = generate_task.submit(exp, cell.id, wait_for=ready)
+        judged = judge_task.submit(exp, cell.id, wait_for=[gen, *judge_ready])
         evaluated += [gen, judged]
     return trained, evaluated
 

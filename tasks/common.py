@@ -1,13 +1,7 @@
-"""Shared plumbing of the Prefect tasks: the experiment travels as the YAML path plus overrides
-(a path and strings, never tensors), and is re-validated inside each task."""
+"""Shared plumbing of the Prefect tasks. Tasks receive the validated `Experiment` (and the
+`Cell` they work on) from the flow, which parses the file and its overrides once."""
 
 from __future__ import annotations
-
-from orpo.config import Experiment, load_experiment
-
-
-def load(experiment_file: str, overrides: list[str]) -> Experiment:
-    return load_experiment(experiment_file, overrides)
 
 
 def flow_run_info() -> dict[str, str]:

@@ -7,13 +7,12 @@ import json
 from prefect import get_run_logger, task
 
 from orpo import paths
+from orpo.config import Experiment
 from orpo.data.prepare import prepare_data
-from tasks.common import load
 
 
 @task(name="prepare-data")
-def prepare_data_task(experiment_file: str, overrides: list[str]) -> str:
-    exp = load(experiment_file, overrides)
+def prepare_data_task(exp: Experiment) -> str:
     out = prepare_data(exp, paths.data_dir(exp.name))
     manifest = json.loads((out / "manifest.json").read_text())
     # counts and cleaning only: the manifest also lists every chosen row id (~160k for HH-RLHF)

@@ -10,7 +10,6 @@ from prefect import get_run_logger, task
 from orpo.config import Experiment
 from orpo.evaluation.cell import default_rm_model_dir
 from orpo.evaluation.collect import evaluate_cell, judge_cell, judge_quality
-from tasks.common import load
 from tasks.train import training_slot
 
 
@@ -36,8 +35,7 @@ def reward_model_dir(exp: Experiment) -> str | None:
 
 
 @task(name="generate", task_run_name="generate-{cell_id}")
-def generate_task(experiment_file: str, overrides: list[str], cell_id: str) -> str:
-    exp = load(experiment_file, overrides)
+def generate_task(exp: Experiment, cell_id: str) -> str:
     with training_slot(exp, f"generate {cell_id}", get_run_logger().info):  # as CPU-hungry
         with torch_threads(exp):
             out = evaluate_cell(exp, cell_id)
@@ -46,8 +44,7 @@ def generate_task(experiment_file: str, overrides: list[str], cell_id: str) -> s
 
 
 @task(name="judge", task_run_name="judge-{cell_id}")
-def judge_task(experiment_file: str, overrides: list[str], cell_id: str) -> str:
-    exp = load(experiment_file, overrides)
+def judge_task(exp: Experiment, cell_id: str) -> str:
     with torch_threads(exp):
         out = judge_cell(exp, cell_id, exp.eval.judge, reward_model_dir(exp))
     get_run_logger().info("%s: judged by %s -> %s", cell_id, exp.eval.judge, out)
@@ -55,8 +52,7 @@ def judge_task(experiment_file: str, overrides: list[str], cell_id: str) -> str:
 
 
 @task(name="judge-quality")
-def judge_quality_task(experiment_file: str, overrides: list[str]) -> dict:
-    exp = load(experiment_file, overrides)
+def judge_quality_task(exp: Experiment) -> dict:
     quality = judge_quality(exp, exp.eval.judge, reward_model_dir(exp))
     get_run_logger().info("judge %s: %s", exp.eval.judge, quality)
     return quality

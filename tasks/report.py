@@ -10,10 +10,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from orpo import paths, tracking
+from orpo.config import Experiment
 from orpo.evaluation.collect import collect_results
 from orpo.evaluation.mlflow_log import cell_metrics, log_eval_artifacts, log_eval_metrics
 from orpo.report.render import render_report
-from tasks.common import flow_run_info, load
+from tasks.common import flow_run_info
 
 
 def mlflow_ui_url() -> str:
@@ -32,14 +33,12 @@ def artifact_key(experiment: str, what: str) -> str:
 
 @task(name="report")
 def report_task(
-    experiment_file: str,
-    overrides: list[str],
+    exp: Experiment,
     parent_run_id: str,
     unfinished: dict[str, str] | None = None,
 ) -> str:
     """`unfinished`: cells of this flow run that did not complete, with Prefect's message."""
     logger = get_run_logger()
-    exp = load(experiment_file, overrides)
     for cid, message in (unfinished or {}).items():
         _record_not_run(exp.name, cid, message)
     experiment_id = tracking.ensure_experiment(exp.name)

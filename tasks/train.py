@@ -14,11 +14,11 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from orpo import tracking
-from orpo.config import Experiment, expand_cells
+from orpo.config import Cell, Experiment
 from orpo.pipeline import finished_result, make_job, require_inputs, train_cell
 from orpo.training import launch
 from orpo.training.job import cell_key
-from tasks.common import flow_run_info, load
+from tasks.common import flow_run_info
 
 # A stop (the flow's cancel/SIGTERM/Ctrl-C path calls launch.stop_live_cells) is for the flow
 # run of the calling thread: the flow's and its task threads' prefect.runtime.flow_run.id.
@@ -94,16 +94,10 @@ def training_slot(exp: Experiment, what: str, log: Callable[[str], None]) -> Ite
         yield
 
 
-@task(name="train-cell", task_run_name="train-{cell_id}")
-def train_cell_task(
-    experiment_file: str,
-    overrides: list[str],
-    cell_id: str,
-    parent_run_id: str,
-) -> str:
+@task(name="train-cell", task_run_name="train-{cell.id}")
+def train_cell_task(exp: Experiment, cell: Cell, parent_run_id: str) -> str:
     logger = get_run_logger()
-    exp = load(experiment_file, overrides)
-    cell = {c.id: c for c in expand_cells(exp)}[cell_id]
+    cell_id = cell.id
     job = make_job(exp, cell)
     require_inputs(job)
     tags = {
