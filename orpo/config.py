@@ -31,6 +31,7 @@ Stage = Literal[("pretrain", *METHOD_NAMES, "rm", "base")]
 # and judged like a policy (the positive control: what did training change?).
 BASE = "base"
 POLICY_STAGES = METHOD_NAMES
+NllScope = Literal["response", "full"]  # tokens the NLL covers: the response, or prompt too
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"  # Prefect deployment names and artifact keys accept these
 
 
@@ -243,7 +244,7 @@ class Experiment(Strict):
     orpo_lambdas: list[OrpoLambda] = Field([0.1], min_length=1)
     dpo_betas: list[DpoBeta] = Field([0.1], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
-    nll_scope: Literal["response", "full"] = Field(
+    nll_scope: NllScope = Field(
         "response", description="tokens in ORPO/SFT NLL: response only, or prompt too (TRL)"
     )
     pretrain: PretrainConfig | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orpo.config import Cell, OptimConfig, ResourcesConfig
+from orpo.config import Cell, NllScope, OptimConfig, ResourcesConfig
 
 
 class CellJob(BaseModel):
@@ -27,7 +27,7 @@ class CellJob(BaseModel):
     out_dir: str = Field(description="the cell's folder")
     optim: OptimConfig
     resources: ResourcesConfig = ResourcesConfig()
-    nll_scope: str = "response"
+    nll_scope: NllScope = "response"
     max_length: int = 128
     max_prompt_length: int = 64
     ref_cache_dir: str | None = Field(None, description="DPO reference log-prob cache folder")

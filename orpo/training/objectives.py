@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from orpo import losses
+from orpo.config import NllScope, Stage
 from orpo.losses import (
     bradley_terry_loss,
     dpo_loss,
@@ -41,8 +42,8 @@ class Norms:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    stage: str
-    nll_scope: str = "response"  # "full" also trains on prompt tokens (TRL's choice)
+    stage: Stage
+    nll_scope: NllScope = "response"  # "full" also trains on prompt tokens (TRL's choice)
     orpo_lambda: float | None = None
     dpo_beta: float | None = None
     params: dict[str, float] = field(default_factory=dict)  # SimPO's beta, gamma; CPO's ...
