@@ -1,8 +1,7 @@
 """Evaluation: trained cells -> generations, judges' rewards, win rates, diversity, log-ratios,
 and the results folder the report renders. No Prefect here; MLflow only in `mlflow_log`.
 
-- `generate`: K samples + a greedy answer per test prompt (`generate_samples`,
-  `generate_for_cell`).
+- `generate`: K samples + a greedy answer per test prompt (`generate_samples`).
 - `judges`: `OracleJudge`, `RewardModelJudge`, `load_judge`, `agreement`, `oracle_agreement`.
 - `logratios`: log odds ratio vs log probability ratio of held-out pairs (paper Sec. 7.1).
 - `cell`: the per-cell steps (`evaluate_cell`, `judge_cell`, `judge_quality`) and the files

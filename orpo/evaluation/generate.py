@@ -21,15 +21,12 @@ collective: a rank that stops early would leave the others waiting).
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from orpo.config import EvalConfig
-from orpo.data.schema import PreferenceExample, read_jsonl, write_rows
+from orpo.data.schema import PreferenceExample
 from orpo.data.tokenize import encode_prompt
-from orpo.models import load_model, load_tokenizer
 
 _SAMPLING_LOCK = threading.Lock()
 GREEDY_SAMPLE_INDEX = -1  # the contract's sample_index of the greedy answer
@@ -152,29 +149,3 @@ def generate_samples(
                 )
     model.train(was_training)
     return rows
-
-
-def generate_for_cell(
-    model_dir: str | Path,
-    test_path: str | Path,
-    out_path: str | Path,
-    eval_cfg: EvalConfig,
-    seed: int,
-    max_prompt_length: int | None = None,
-) -> Path:
-    """Load a consolidated model folder (safetensors, no remote code), answer every test prompt
-    with `eval_cfg`'s K samples plus the greedy answer, write the rows to `out_path` (JSONL)."""
-    model = load_model(model_dir)
-    tokenizer = load_tokenizer(str(model_dir))
-    rows = generate_samples(
-        model,
-        tokenizer,
-        read_jsonl(test_path),
-        k=eval_cfg.samples_per_prompt,
-        temperature=eval_cfg.temperature,
-        max_new_tokens=eval_cfg.max_new_tokens,
-        batch_size=eval_cfg.batch_size,
-        seed=seed,
-        max_prompt_length=max_prompt_length,
-    )
-    return write_rows(rows, out_path)

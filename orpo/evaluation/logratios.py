@@ -11,29 +11,12 @@ the numbers are the ones the ORPO loss sees in training.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from orpo.data.schema import PreferenceExample
 from orpo.data.tokenize import collate_pairs, encode_pairs
 from orpo.losses import odds_ratio_loss
-from orpo.models import load_model, load_tokenizer
 from orpo.training.objectives import pair_logps
-
-
-def log_ratio_rows(
-    model_dir: str | Path,
-    pairs: list[PreferenceExample],
-    max_length: int,
-    max_prompt_length: int,
-    batch_size: int = 32,
-) -> list[dict]:
-    """One row per pair that fits: {pair_id, logp_chosen, logp_rejected, log_prob_ratio,
-    log_odds_ratio} (mean log-probs over response tokens, EOS included)."""
-    model = load_model(model_dir)
-    tokenizer = load_tokenizer(str(model_dir))
-    return model_log_ratio_rows(model, tokenizer, pairs, max_length, max_prompt_length, batch_size)
 
 
 def model_log_ratio_rows(
