@@ -5,7 +5,7 @@ An experiment is a grid: methods x model sizes x orpo_lambda (ORPO) / dpo_beta (
 pretrain -> orpo, pretrain -> rm). Unknown keys are errors (`extra="forbid"`), and every error
 names its field, so a typo never silently falls back to a default.
 
-Defaults are the paper's (Hong et al. 2024, DESIGN.md section 2): SFT lr 1e-5 for 1 epoch, DPO
+Defaults are the ORPO paper's (Hong, Lee and Thorne 2024): SFT lr 1e-5 for 1 epoch, DPO
 beta 0.1 with lr 5e-6 for 3 epochs, ORPO max lr 8e-6 for 10 epochs, AdamW with linear warmup then
 cosine decay, best checkpoint by eval loss.
 """

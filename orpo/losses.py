@@ -3,8 +3,8 @@ plus the methods the ORPO paper did not compare (SimPO, CPO, IPO, KTO).
 
 Pure functions of tensors (torch only; no logging, no I/O). Every loss takes per-sequence
 log-probs produced by the one helper, :func:`sequence_logprobs`, and returns per-example
-values, so the caller decides how to reduce and what to log. Names follow DESIGN.md section 1:
-``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta. The added methods keep their papers'
+values, so the caller decides how to reduce and what to log. One name per quantity (the
+README's "The math"): ``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta. The added methods keep their papers'
 letters: ``beta`` of SimPO, CPO and KTO is each method's own inverse temperature (SimPO's is
 ~2, the others' ~0.1: never share one config value between them), ``gamma`` is SimPO's target
 reward margin, ``tau`` is IPO's regularisation strength.

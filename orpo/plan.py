@@ -2,7 +2,7 @@
 per cell (the data section is `orpo.data.counts`).
 
 The estimate is an upper bound in tokens (every row padded to data.max_length) and counts
-forward passes the way DESIGN.md section 1 does: SFT and ORPO one pass per micro-batch (ORPO's
+forward passes as the report's compute section does: SFT and ORPO one pass per micro-batch (ORPO's
 holds chosen and rejected together), DPO one policy pass per micro-batch plus one reference pass
 over the data, computed once and cached.
 """
