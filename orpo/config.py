@@ -251,7 +251,9 @@ class Experiment(Strict):
     sft: OptimConfig = _paper_optim(1e-5, 1)
     dpo: OptimConfig = _paper_optim(5e-6, 3)
     orpo: OptimConfig = _paper_optim(8e-6, 10)
-    # not in the ORPO paper: each paper's learning rate for its own 7B runs, one epoch
+    # Not in the ORPO paper; one epoch each. SimPO: its Llama-3-8B-Instruct setting (1e-6). CPO:
+    # its paper used 1e-4 with LoRA; full fine-tuning here takes SimPO's rate. IPO: its paper
+    # gives no LLM recipe; 5e-7, the order of DPO's rates for 7B models.
     simpo: SimpoConfig = SimpoConfig(lr=1e-6, epochs=1)
     cpo: CpoConfig = CpoConfig(lr=1e-6, epochs=1)
     ipo: IpoConfig = IpoConfig(lr=5e-7, epochs=1)
