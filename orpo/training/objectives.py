@@ -133,14 +133,7 @@ def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     r_chosen, r_rejected = dpo_rewards(
         sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta
     )
-    stats = {
-        "loss": loss.detach(),
-        "logp_chosen": mean_logps[:b].detach().sum(),
-        "logp_rejected": mean_logps[b:].detach().sum(),
-        "reward_margin": (r_chosen - r_rejected).sum(),
-        "reward_accuracy": (r_chosen > r_rejected).float().sum(),
-    }
-    return loss, stats
+    return loss, _preference_stats(loss, mean_logps, r_chosen - r_rejected)
 
 
 def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
@@ -151,15 +144,8 @@ def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig,
     beta, gamma = cfg.params["beta"], cfg.params["gamma"]
     per_pair = losses.simpo_loss(mean_logps[:b], mean_logps[b:], beta, gamma)  # (B,)
     loss = per_pair.sum() / norms.examples
-    margin = beta * (mean_logps[:b] - mean_logps[b:]).detach()  # SimPO's reward margin
-    stats = {
-        "loss": loss.detach(),
-        "logp_chosen": mean_logps[:b].detach().sum(),
-        "logp_rejected": mean_logps[b:].detach().sum(),
-        "reward_margin": margin.sum(),
-        "reward_accuracy": (margin > 0).float().sum(),
-    }
-    return loss, stats
+    margin = beta * (mean_logps[:b] - mean_logps[b:])  # SimPO's reward margin
+    return loss, _preference_stats(loss, mean_logps, margin)
 
 
 def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
@@ -171,16 +157,8 @@ def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     sum_logps, mean_logps = _pair_logps(logits, batch)  # (2B,)
     prefer = losses.cpo_loss(sum_logps[:b], sum_logps[b:], cfg.params["beta"])  # (B,)
     loss = nll_sum / norms.tokens + prefer.sum() / norms.examples
-    margin = cfg.params["beta"] * (sum_logps[:b] - sum_logps[b:]).detach()
-    stats = {
-        "loss": loss.detach(),
-        "nll": nll_sum.detach(),
-        "logp_chosen": mean_logps[:b].detach().sum(),
-        "logp_rejected": mean_logps[b:].detach().sum(),
-        "reward_margin": margin.sum(),
-        "reward_accuracy": (margin > 0).float().sum(),
-    }
-    return loss, stats
+    margin = cfg.params["beta"] * (sum_logps[:b] - sum_logps[b:])
+    return loss, {**_preference_stats(loss, mean_logps, margin), "nll": nll_sum.detach()}
 
 
 def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
@@ -196,15 +174,23 @@ def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
         mean_logps[:b], mean_logps[b:], ref_chosen, ref_rejected, cfg.params["tau"]
     )
     loss = per_pair.sum() / norms.examples
-    margin = ((mean_logps[:b] - ref_chosen) - (mean_logps[b:] - ref_rejected)).detach()
-    stats = {
+    margin = (mean_logps[:b] - ref_chosen) - (mean_logps[b:] - ref_rejected)  # IPO's h
+    return loss, _preference_stats(loss, mean_logps, margin)
+
+
+def _preference_stats(loss: Tensor, mean_logps: Tensor, margin: Tensor) -> dict[str, Tensor]:
+    """The stats every pairwise method logs: its loss, the mean log-probs of chosen and
+    rejected (2B rows: chosen first), and its own reward margin per pair (B,) and how often it
+    is positive."""
+    b = len(margin)
+    margin = margin.detach()
+    return {
         "loss": loss.detach(),
         "logp_chosen": mean_logps[:b].detach().sum(),
         "logp_rejected": mean_logps[b:].detach().sum(),
         "reward_margin": margin.sum(),
         "reward_accuracy": (margin > 0).float().sum(),
     }
-    return loss, stats
 
 
 def response_tokens(batch: dict[str, Tensor]) -> Tensor:
