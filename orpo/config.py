@@ -301,6 +301,12 @@ class Experiment(Strict):
                 return entry.name
         return short_model_name(self.eval.rm_model)
 
+    @property
+    def rm_seed(self) -> int:
+        """The reward-model judge trains once, with the first seed (the paper trains its judge
+        once per data set)."""
+        return self.seeds[0]
+
     def model_path(self, name: str) -> str:
         """Where the weights of the model called `name` come from (preset, hub id, path...)."""
         for entry in self.models:
@@ -367,10 +373,10 @@ def expand_cells(exp: Experiment) -> list[Cell]:
     judge_models = [exp.rm_model_name] if exp.eval.judge == "reward-model" else []
     if pretrained:
         for model in dict.fromkeys([*exp.model_names, *judge_models]):
-            for seed in exp.seeds if model in exp.model_names else exp.seeds[:1]:
+            for seed in exp.seeds if model in exp.model_names else [exp.rm_seed]:
                 add("pretrain", model, seed, [])
-    for model in judge_models:  # the paper trains its judge once per data set
-        add("rm", model, exp.seeds[0], base(model, exp.seeds[0]))
+    for model in judge_models:
+        add("rm", model, exp.rm_seed, base(model, exp.rm_seed))
     for model in exp.model_names:
         for seed in exp.seeds:
             if "sft" in exp.methods:
@@ -386,8 +392,8 @@ def expand_cells(exp: Experiment) -> list[Cell]:
 
 
 def rm_cell_id(exp: Experiment) -> str:
-    """The Bradley-Terry judge's cell: one per experiment, trained with the first seed."""
-    return cell_id("rm", exp.rm_model_name, exp.seeds[0])
+    """The Bradley-Terry judge's cell: one per experiment (`Experiment.rm_seed`)."""
+    return cell_id("rm", exp.rm_model_name, exp.rm_seed)
 
 
 def has_base_row(exp: Experiment, model: str) -> bool:

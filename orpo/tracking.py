@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from orpo.paths import project_home
+from orpo.report.tables import CELL_TOTALS
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -40,13 +41,13 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
-CELL_TOTALS = ("forward_passes", "tokens", "wall_seconds", "train_seconds", "peak_rss_mb",
-               "best_eval_loss")  # fmt: skip
+# The results contract's per-cell totals, plus the training time alone (start-up excluded).
+CELL_METRICS = (*CELL_TOTALS, "train_seconds")
 
 
 def cell_totals(result: Mapping) -> dict[str, float]:
     """A cell's totals from its result.json as the MLflow metrics `cell/<name>`."""
-    return {f"cell/{k}": result[k] for k in CELL_TOTALS if k in result}
+    return {f"cell/{k}": result[k] for k in CELL_METRICS if k in result}
 
 
 class NullSink:
