@@ -5,13 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
+# `make serve DB=postgres`: the team set-up, Prefect and MLflow on a local PostgreSQL cluster in
+# .run/postgres/ (installed by the postgresql target when missing); WORKERS process workers.
+DB ?= sqlite
+WORKERS ?= 1
+PG_PORT ?=
 RUN := .run
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint chromium serve deploy stop clean
+.PHONY: setup demo test test-fast lint chromium postgresql serve deploy stop clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,11 +34,12 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/orpo run experiments/smoke.yaml
 
-# Set up (Chromium for the report screenshot test included), lint, run every test tier.
-test: setup chromium
+# Set up (Chromium for the report screenshot test and PostgreSQL for the team set-up test
+# included), lint, run every test tier.
+test: setup chromium postgresql
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 $(PY) -m pytest -q
+	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit
@@ -47,10 +53,27 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-# Prefect server + process work pool + worker, and the MLflow UI, on 127.0.0.1 only.
-serve: setup
+# Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres) for `make serve DB=postgres`
+# and its test. Debian keeps them in /usr/lib/postgresql/<version>/bin, off PATH. The package
+# would create and start a system cluster on port 5432: create_main_cluster = false (set in
+# postgresql-common's config before the server package is installed) prevents that; the lab
+# makes its own cluster under .run/.
+postgresql:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the team set-up (make serve DB=postgres) ..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql-common >/dev/null && \
+	  $$SUDO sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' \
+	    /etc/postgresql-common/createcluster.conf && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+# Prefect server + process work pool + worker(s), and the MLflow UI, on 127.0.0.1 only;
+# DB=postgres puts both stores on a local PostgreSQL cluster (.run/postgres/).
+serve: setup $(if $(filter postgres,$(DB)),postgresql)
 	@mkdir -p $(RUN)
-	$(VENV)/bin/orpo serve --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT)
+	$(VENV)/bin/orpo serve --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
+	  --db $(DB) --workers $(WORKERS) $(if $(PG_PORT),--pg-port $(PG_PORT))
 
 deploy: setup
 	ORPO_REPO=$(CURDIR) PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(VENV)/bin/prefect --no-prompt deploy --all
@@ -58,5 +81,7 @@ deploy: setup
 stop:
 	-$(VENV)/bin/orpo stop
 
+# stops the services (and a PostgreSQL cluster) first: .run/ holds the cluster's files
 clean:
+	@if [ -d $(RUN) ] && [ -x $(VENV)/bin/orpo ]; then $(VENV)/bin/orpo stop; fi
 	rm -rf runs reports/*/ mlflow.db mlartifacts .prefect $(RUN)

@@ -187,7 +187,16 @@ def cmd_bench(args) -> int:
 def cmd_serve(args) -> int:
     from orpo.services import serve
 
-    serve(args.prefect_port, args.mlflow_port)
+    if args.workers < 1 or (args.worker_limit is not None and args.worker_limit < 1):
+        return _fail("--workers and --worker-limit must be at least 1")
+    serve(
+        args.prefect_port,
+        args.mlflow_port,
+        db=args.db,
+        workers=args.workers,
+        worker_limit=args.worker_limit,
+        pg_port=args.pg_port,
+    )
     return 0
 
 
@@ -249,9 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--models", nargs="+", default=["opt-tiny", "opt-medium"])
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("serve", help="start Prefect server + worker and the MLflow UI on 127.0.0.1")
+    p = sub.add_parser(
+        "serve", help="start Prefect server + workers and the MLflow UI on 127.0.0.1"
+    )
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument(
+        "--db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="stores of the Prefect server and MLflow: SQLite files (default), or a local "
+        "PostgreSQL cluster in .run/postgres/ (the team set-up)",
+    )
+    p.add_argument("--pg-port", type=int, help="the cluster's port (default: its last, or 5433)")
+    p.add_argument("--workers", type=int, default=1, help="process workers on the pool")
+    p.add_argument(
+        "--worker-limit", type=int, help="flow runs one worker takes at once (default: no limit)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("stop", help="stop what `orpo serve` started")

@@ -1,12 +1,21 @@
-"""`orpo serve` / `orpo stop`: a Prefect server, a process work pool with one worker, and the
-MLflow UI over the same store `orpo run` uses, all bound to 127.0.0.1, stopped by process id.
+"""`orpo serve` / `orpo stop`: a Prefect server, a process work pool with its workers, and the
+MLflow tracking server/UI over the same store `orpo run` uses, all bound to 127.0.0.1, stopped
+by process id.
 
-Process ids and logs live in `<project home>/.run/`. Each service runs in its own session, so
-stop signals its whole process group (the Prefect worker stops on SIGINT, not SIGTERM).
+Two stores: SQLite (the default: `<home>/.prefect/prefect.db` and `<home>/mlflow.db`), or with
+`--db postgres` a local PostgreSQL cluster in `<home>/.run/postgres/` (`orpo.postgres`) holding
+the databases `prefect` (the Prefect server's) and `mlflow` (the tracking store, which the
+workers' flow runs and their cells also write to directly, through MLFLOW_TRACKING_URI).
+
+Process ids and logs live in `<home>/.run/`, and `.run/serve.json` records what was started
+(store, ports, workers), so `orpo stop` stops exactly that and a second `orpo serve` with
+another store is refused while the first runs. Each service runs in its own session, so stop
+signals its whole process group (the Prefect worker stops on SIGINT, not SIGTERM).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,10 +25,13 @@ import urllib.request
 from pathlib import Path
 
 from orpo.paths import project_home
+from orpo.postgres import ROLE, Cluster, PostgresError
 from orpo.tracking import default_artifact_root, default_tracking_uri
 
 WORK_POOL = "orpo-pool"
 HOST = "127.0.0.1"
+DATABASES = ("sqlite", "postgres")
+SERVE_STATE = "serve.json"
 
 
 def run_dir() -> Path:
@@ -32,12 +44,20 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _env(prefect_port: int) -> dict[str, str]:
+def _env(prefect_port: int, mlflow_port: int, cluster: Cluster | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PREFECT_HOME", str(project_home() / ".prefect"))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_API_URL"] = f"http://{HOST}:{prefect_port}/api"
-    env.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
+    if cluster is None:
+        env.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
+    else:
+        # every process started from here (server, workers, their flow runs and cells) uses
+        # the cluster, whatever the calling shell had
+        env.update(cluster.client_env())
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = cluster.url("prefect", "asyncpg")
+        env["MLFLOW_TRACKING_URI"] = cluster.url("mlflow", "psycopg2")
+    env.setdefault("ORPO_MLFLOW_UI_URL", f"http://{HOST}:{mlflow_port}")  # the report's links
     env.setdefault("HF_HUB_OFFLINE", "1")
     # prefect.yaml's pull step changes into the code checkout (not ORPO_HOME, the data home)
     env.setdefault("ORPO_REPO", str(Path(__file__).resolve().parents[1]))
@@ -71,9 +91,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def wait_http(url: str, timeout: float = 90.0) -> None:
+def _exited(pid: int) -> bool:
+    """Whether the process is gone (a child of ours that exited is reaped here, not a zombie)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not our child: started by an earlier `orpo serve`
+        return not _alive(pid)
+
+
+def wait_http(url: str, timeout: float = 90.0, service: str | None = None) -> None:
+    """Wait until `url` answers; fail at once, with its log's end, when `service` (a name
+    `_start` used) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if service is not None and _exited(int((run_dir() / f"{service}.pid").read_text())):
+            log = (run_dir() / f"{service}.log").read_text(errors="replace").splitlines()
+            raise RuntimeError(
+                f"{service} exited before {url} answered; end of {run_dir() / service}.log:\n"
+                + "\n".join(log[-20:])
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status < 500:
@@ -83,25 +119,84 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def serve(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
-    env = _env(prefect_port)
+def _serve_state() -> dict:
+    try:
+        return json.loads((run_dir() / SERVE_STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _anything_running() -> bool:
+    return any(_alive(int(p.read_text())) for p in run_dir().glob("*.pid") if p.read_text().strip())
+
+
+def worker_names(workers: int) -> list[str]:
+    """Service (pid/log file) names of the workers: the first keeps the single-worker name."""
+    return ["prefect-worker", *(f"prefect-worker-{i}" for i in range(2, workers + 1))]
+
+
+def serve(
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    db: str = "sqlite",
+    workers: int = 1,
+    worker_limit: int | None = None,
+    pg_port: int | None = None,
+) -> None:
+    """Start the services (those already running are left as they are). `db`: "sqlite" or
+    "postgres"; `workers` process workers on the pool, each taking at most `worker_limit` flow
+    runs at once (None: no limit); `pg_port`: the cluster's port (default: the one it had)."""
+    if db not in DATABASES:
+        raise ValueError(f"db must be one of {', '.join(DATABASES)}, not {db!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    before = _serve_state()
+    if before and before.get("db", "sqlite") != db and _anything_running():
+        raise SystemExit(
+            f"orpo serve: already serving on {before['db']} (see {run_dir() / SERVE_STATE}); "
+            "run `orpo stop` first to switch to " + db
+        )
+    cluster = None
+    if db == "postgres":
+        cluster = Cluster(run_dir())
+        try:
+            cluster.start(pg_port)
+        except PostgresError as err:
+            raise SystemExit(f"orpo serve: {err}") from err
+    env = _env(prefect_port, mlflow_port, cluster)
+    (run_dir() / SERVE_STATE).write_text(
+        json.dumps(
+            {
+                "db": db,
+                "prefect_port": prefect_port,
+                "mlflow_port": mlflow_port,
+                "workers": workers,
+                "worker_limit": worker_limit,
+                "postgres_port": cluster.port if cluster else None,
+            },
+            indent=2,
+        )
+    )
     _start(
         "prefect-server",
         [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
         env,
     )
-    wait_http(f"http://{HOST}:{prefect_port}/api/health")
+    wait_http(f"http://{HOST}:{prefect_port}/api/health", 180, "prefect-server")  # migrates
     subprocess.run(
         [_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    _start(
-        "prefect-worker",
-        [_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
-        env,
-    )
+    limit = ["--limit", str(worker_limit)] if worker_limit else []
+    for i, name in enumerate(worker_names(workers), start=1):
+        _start(
+            name,
+            [_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process",
+             "--name", f"orpo-worker-{i}", *limit],
+            env,
+        )  # fmt: skip
     _start(
         "mlflow-ui",
         [
@@ -118,16 +213,23 @@ def serve(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
         ],
         env,
     )
-    wait_http(f"http://{HOST}:{mlflow_port}/health")
+    wait_http(f"http://{HOST}:{mlflow_port}/health", 180, "mlflow-ui")
     print(
         f"Prefect UI  http://{HOST}:{prefect_port}   (export PREFECT_API_URL={env['PREFECT_API_URL']})"
     )
     print(f"MLflow UI   http://{HOST}:{mlflow_port}")
+    if cluster is not None:
+        print(
+            f"PostgreSQL  {HOST}:{cluster.port} (databases prefect, mlflow; role {ROLE})\n"
+            "  for `orpo run`/`orpo train` against these stores:\n"
+            f"  export MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']} PGPASSFILE={cluster.pgpass}"
+        )
 
 
 def stop() -> None:
+    names = sorted(p.stem for p in run_dir().glob("prefect-worker*.pid"))
     for name, sig in (
-        ("prefect-worker", signal.SIGINT),
+        *((n, signal.SIGINT) for n in names),
         ("mlflow-ui", signal.SIGTERM),
         ("prefect-server", signal.SIGTERM),
     ):
@@ -139,6 +241,13 @@ def stop() -> None:
             _signal_group(pid, sig)
             print(f"{name}: stopped (pid {pid})")
         pid_file.unlink()
+    cluster = Cluster(run_dir())
+    if cluster.initialised:  # after the servers that use it
+        try:
+            cluster.stop()
+        except PostgresError as err:
+            print(f"postgres: {err}")
+    (run_dir() / SERVE_STATE).unlink(missing_ok=True)
 
 
 def _signal_group(pid: int, sig: int, grace: float = 15.0) -> None:

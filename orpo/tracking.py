@@ -134,13 +134,22 @@ class MlflowSink(NullSink):
 def ensure_experiment(name: str, tracking_uri: str | None = None) -> str:
     """Create the MLflow experiment once, before any fan-out (concurrent first-time creation and
     SQLite migrations race)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri or default_tracking_uri())
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_root() + f"/{name}")
+    try:
+        return client.create_experiment(
+            name, artifact_location=default_artifact_root() + f"/{name}"
+        )
+    except MlflowException as err:
+        # two runs of one experiment starting together (a team's server): the other created it
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def create_run(
