@@ -204,16 +204,37 @@ def short_model_name(source: str) -> str:
     return name or "model"
 
 
+Finetuning = Literal["full", "lora"]
+
+
+class LoraConfig(Strict):
+    """LoRA adapters (Hu et al. 2021) for the models whose entry says `finetuning: lora`: the
+    policy cells train only the adapters (peft), and each cell's exported model has them merged
+    in, so DPO's reference, generation and judging read a plain checkpoint."""
+
+    r: int = Field(8, ge=1, description="rank of the adapters")
+    alpha: float = Field(16.0, gt=0, description="scale: the update is (alpha / r) B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; None: peft's default for the architecture"
+    )
+
+
 class ModelEntry(Strict):
-    """One model of the grid: a short name (cell ids, MLflow, the report, plots) and where its
-    weights come from. In YAML either a plain string (the name is derived from it) or
-    `{name: smol, path: ...}`."""
+    """One model of the grid: a short name (cell ids, MLflow, the report, plots), where its
+    weights come from, and how its policies are fine-tuned. In YAML either a plain string (the
+    name is derived from it) or `{name: smol, path: ..., finetuning: lora}`; the same path may
+    appear twice, once per finetuning, which is how one experiment asks "does ORPO still win
+    with LoRA?" (a LoRA entry without a name is called `<name>-lora`)."""
 
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="display name, in cell ids")
     path: str = Field(
         min_length=1,
         description="preset (opt-tiny...), paper alias (opt-125m), hub id, local folder, "
         ".gguf file or packaged GGUF alias (smollm2-135m-instruct)",
+    )
+    finetuning: Finetuning = Field(
+        "full", description="policy cells train every weight, or LoRA adapters (see `lora`)"
     )
 
     @model_validator(mode="before")
@@ -222,7 +243,8 @@ class ModelEntry(Strict):
         if isinstance(value, str):
             return {"name": short_model_name(value), "path": value}
         if isinstance(value, dict) and "path" in value and "name" not in value:
-            return {**value, "name": short_model_name(str(value["path"]))}
+            suffix = "-lora" if value.get("finetuning") == "lora" else ""
+            return {**value, "name": short_model_name(str(value["path"])) + suffix}
         return value
 
 
@@ -265,6 +287,7 @@ class Experiment(Strict):
     keep_dropout: bool = Field(
         False, description="keep the checkpoints' dropout (off by default in policy and reference)"
     )
+    lora: LoraConfig = LoraConfig()
 
     @field_validator("methods", "seeds", "orpo_lambdas", "dpo_betas")
     @classmethod
@@ -277,14 +300,17 @@ class Experiment(Strict):
     @classmethod
     def _distinct_models(cls, entries: list[ModelEntry]) -> list[ModelEntry]:
         for field in ("name", "path"):
-            seen: dict[str, int] = {}
+            seen: dict[object, int] = {}
             for i, entry in enumerate(entries):
-                value = getattr(entry, field)
+                # one path may appear once per finetuning (full and LoRA from the same weights)
+                value = entry.name if field == "name" else (entry.path, entry.finetuning)
                 if value in seen:
-                    hint = " (give one of them another `name:`)" if field == "name" else ""
-                    raise ValueError(
-                        f"models.{seen[value]} and models.{i} share the {field} {value!r}{hint}"
+                    what = (
+                        f"name {value!r} (give one of them another `name:`)"
+                        if field == "name"
+                        else f"path {entry.path!r} with finetuning {entry.finetuning!r}"
                     )
+                    raise ValueError(f"models.{seen[value]} and models.{i} share the {what}")
                 seen[value] = i
         return entries
 
@@ -300,6 +326,22 @@ class Experiment(Strict):
             if self.eval.rm_model in (entry.name, entry.path):
                 return entry.name
         return short_model_name(self.eval.rm_model)
+
+    def finetuning(self, name: str) -> Finetuning:
+        """How the policies of model `name` train ("full" for the reward model's own model)."""
+        return next((e.finetuning for e in self.models if e.name == name), "full")
+
+    def pretrain_model(self, name: str) -> str:
+        """The model whose pretraining cell `name` starts from: a LoRA entry shares the cell of
+        the full-finetuning entry of the same path (pretraining always trains every weight),
+        so full and LoRA policies start from one base."""
+        entry = next((e for e in self.models if e.name == name), None)
+        if entry is None or entry.finetuning == "full":
+            return name
+        twin = next(
+            (e for e in self.models if e.path == entry.path and e.finetuning == "full"), None
+        )
+        return twin.name if twin else name
 
     @property
     def rm_seed(self) -> int:
@@ -368,11 +410,11 @@ def expand_cells(exp: Experiment) -> list[Cell]:
         return cid
 
     def base(model: str, seed: int) -> list[str]:
-        return [cell_id("pretrain", model, seed)] if pretrained else []
+        return [cell_id("pretrain", exp.pretrain_model(model), seed)] if pretrained else []
 
     judge_models = [exp.rm_model_name] if exp.eval.judge == "reward-model" else []
     if pretrained:
-        for model in dict.fromkeys([*exp.model_names, *judge_models]):
+        for model in dict.fromkeys([*map(exp.pretrain_model, exp.model_names), *judge_models]):
             for seed in exp.seeds if model in exp.model_names else [exp.rm_seed]:
                 add("pretrain", model, seed, [])
     for model in judge_models:
@@ -410,7 +452,7 @@ def base_cells(exp: Experiment) -> list[Cell]:
             stage=BASE,
             model=model,
             seed=seed,
-            depends_on=[cell_id("pretrain", model, seed)] if pretrained else [],
+            depends_on=[cell_id("pretrain", exp.pretrain_model(model), seed)] if pretrained else [],
         )  # fmt: skip
         for model in exp.model_names
         if has_base_row(exp, model)

@@ -327,3 +327,29 @@ def _from_pretrained(auto_class, name_or_path: str, **kwargs) -> PreTrainedModel
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied embedding and LM head counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def add_lora(model: PreTrainedModel, lora) -> torch.nn.Module:
+    """`model` with LoRA adapters (peft) on `lora.target_modules` (peft's default for the
+    architecture when None): every original weight frozen, the adapters' B initialised to zero,
+    so the wrapped model computes exactly what `model` did until the first update. `lora` is an
+    `orpo.config.LoraConfig`."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: torch.nn.Module) -> PreTrainedModel:
+    """The plain model with the adapters' update folded into its weights (for export)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orpo import paths, store
-from orpo.config import Cell, Experiment, cell_id, optim_for
+from orpo.config import POLICY_STAGES, Cell, Experiment, LoraConfig, cell_id, optim_for
 from orpo.methods import starts_from_sft
 from orpo.sources import resolve_source
 from orpo.training.job import CellJob, cell_key
@@ -23,7 +23,7 @@ def init_checkpoint(exp: Experiment, cell: Cell) -> str | None:
     if starts_from_sft(cell.stage):
         source = cell_id("sft", cell.model, cell.seed)
     elif cell.stage != "pretrain" and exp.pretrain is not None and exp.pretrain.enabled:
-        source = cell_id("pretrain", cell.model, cell.seed)
+        source = cell_id("pretrain", exp.pretrain_model(cell.model), cell.seed)
     else:
         return None
     return str(paths.cell_dir(exp.name, source) / "model")
@@ -58,7 +58,16 @@ def make_job(
         tracking_uri=tracking_uri,
         trust_remote_code=exp.trust_remote_code,
         keep_dropout=exp.keep_dropout,
+        lora=lora_for(exp, cell),
     )
+
+
+def lora_for(exp: Experiment, cell: Cell) -> LoraConfig | None:
+    """The LoRA settings of a policy cell whose model entry says `finetuning: lora`; None for
+    full fine-tuning, and always for pretraining and the reward model (every weight trains)."""
+    if cell.stage in POLICY_STAGES and exp.finetuning(cell.model) == "lora":
+        return exp.lora
+    return None
 
 
 def require_inputs(job: CellJob) -> None:

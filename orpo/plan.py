@@ -111,6 +111,7 @@ def model_lines(exp: Experiment) -> list[str]:
         lines.append(
             f"{name:<24} {info['architecture'] or '? (' + info['kind'] + ')':<34} "
             f"{_human(info['parameters']):>10}  {info['source']} [{info['kind']}]"
+            + (" LoRA" if exp.finetuning(name) == "lora" else "")
         )
     return lines
 

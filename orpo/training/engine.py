@@ -98,6 +98,14 @@ def deepspeed_config(
     }
 
 
+PEFT_PREFIX = "base_model.model."  # peft's wrapper names the wrapped model's keys with this
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the optimizer updates: every parameter, or only LoRA's adapters (the rest frozen)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def init_distributed(device: str) -> None:
     """Join the process group the launcher set up (torchrun/deepspeed export RANK etc.).
     A bare `python` process gets single-rank defaults so DeepSpeed skips MPI discovery."""
@@ -141,7 +149,7 @@ class DeepSpeedEngine:
             largest_param=max(numels, default=0),
         )
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
+            trainable(model), lr=optim.lr, weight_decay=optim.weight_decay
         )
         schedule = warmup_cosine(total_steps, optim.warmup_ratio)
         self.engine, *_ = deepspeed.initialize(
@@ -209,6 +217,8 @@ class DeepSpeedEngine:
             model = build_model()
             missing, unexpected = model.load_state_dict(state, strict=False)
             tied = set(getattr(model, "_tied_weights_keys", None) or [])
+            # a LoRA model's keys carry peft's prefix; the tied head is the base model's
+            missing = [k.removeprefix(PEFT_PREFIX) for k in missing]
             if unexpected or any(k not in tied and not k.startswith("lm_head") for k in missing):
                 raise RuntimeError(f"export of {tag}: missing {missing}, unexpected {unexpected}")
             model.tie_weights()
@@ -245,7 +255,7 @@ class TorchEngine:
         self.model = model.to(self.device)
         self.optim_cfg = optim
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
+            trainable(model), lr=optim.lr, weight_decay=optim.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, optim.warmup_ratio)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orpo.config import Cell, NllScope, OptimConfig, ResourcesConfig
+from orpo.config import Cell, LoraConfig, NllScope, OptimConfig, ResourcesConfig
 
 
 class CellJob(BaseModel):
@@ -35,6 +35,7 @@ class CellJob(BaseModel):
     tracking_uri: str | None = None
     trust_remote_code: bool = False
     keep_dropout: bool = Field(False, description="keep the checkpoint's dropout when training")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters only (merged on export)")
 
     @property
     def out(self) -> Path:

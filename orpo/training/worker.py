@@ -23,7 +23,16 @@ import torch
 
 from orpo.data.tokenize import chat_format
 from orpo.methods import needs_reference
-from orpo.models import build_model, count_parameters, is_preset, load_tokenizer, save_model
+from orpo.models import (
+    add_lora,
+    build_model,
+    count_parameters,
+    is_preset,
+    load_tokenizer,
+    merge_lora,
+    save_model,
+    trainable_parameters,
+)
 from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
 from orpo.training.engine import DeepSpeedEngine
@@ -140,6 +149,11 @@ def _to(batch, device):
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _adapters(job: CellJob):
+    """The model as the cell trains it: with LoRA adapters when the job asks for them."""
+    return (lambda model: add_lora(model, job.lora)) if job.lora else (lambda model: model)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -210,6 +224,12 @@ def train(job: CellJob) -> dict:
         keep_dropout=job.keep_dropout,
     )
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
+    if job.lora is not None:
+        model = add_lora(model, job.lora)
+        log(
+            f"LoRA r={job.lora.r} alpha={job.lora.alpha:g}: {trainable_parameters(model):,} of "
+            f"{count_parameters(model):,} parameters train"
+        )
     engine = DeepSpeedEngine(model, optim, job.resources, steps)
     log(
         f"{job.cell.stage} on {job.model}: {len(data.train)} train / {len(data.eval)} eval items, "
@@ -241,13 +261,14 @@ def train(job: CellJob) -> dict:
         engine, data, obj_cfg, loop_cfg, sink, log, ref, make_progress(steps, rank, log)
     )
     model_dir = out / "model"
+    with_adapters = _adapters(job)
     engine.export(
         ckpt_dir,
         "best",
-        build_model=lambda: build_model(
-            init, tokenizer, kind=kind, seed=0, trust_remote_code=job.trust_remote_code
+        build_model=lambda: with_adapters(
+            build_model(init, tokenizer, kind=kind, seed=0, trust_remote_code=job.trust_remote_code)
         ),
-        save=lambda m: save_model(m, tokenizer, model_dir),
+        save=lambda m: save_model(merge_lora(m), tokenizer, model_dir),  # a plain checkpoint
     )
     rss = max(engine.all_gather_object(peak_rss_mb()))
     gpu = [mb for mb in engine.all_gather_object(peak_gpu_mb()) if mb is not None]

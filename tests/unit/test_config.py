@@ -127,3 +127,37 @@ def test_a_bad_override_is_quoted_too(tmp_path):
     path.write_text(yaml.safe_dump(MINIMAL))
     with pytest.raises(ConfigError, match=r"sft\.batch_size: .*, got 'eight'"):
         load_experiment(path, ["sft.batch_size=eight"])
+
+
+def test_one_path_full_and_lora_is_one_experiment_sharing_the_pretrained_base():
+    from orpo.pipeline import lora_for, make_job
+
+    raw = {
+        **MINIMAL,
+        "models": ["opt-tiny", {"path": "opt-tiny", "finetuning": "lora"}],
+        "pretrain": {"lr": 1e-3, "epochs": 1},
+        "lora": {"r": 4},
+    }
+    exp = parse_experiment(raw, "test.yaml")
+    assert exp.model_names == ["opt-tiny", "opt-tiny-lora"]
+    cells = {c.id: c for c in expand_cells(exp)}
+    assert "pretrain-opt-tiny-lora-s0" not in cells  # pretraining trains every weight, once
+    assert cells["sft-opt-tiny-lora-s0"].depends_on == ["pretrain-opt-tiny-s0"]
+    assert cells["orpo-opt-tiny-lora-l0.1-s0"].depends_on == ["pretrain-opt-tiny-s0"]
+    assert lora_for(exp, cells["sft-opt-tiny-lora-s0"]).r == 4
+    assert lora_for(exp, cells["sft-opt-tiny-s0"]) is None
+    assert lora_for(exp, cells["pretrain-opt-tiny-s0"]) is None
+    assert make_job(exp, cells["dpo-opt-tiny-lora-b0.1-s0"]).lora is not None
+
+
+def test_the_same_path_twice_with_one_finetuning_is_an_error_naming_both():
+    raw = {
+        **MINIMAL,
+        "models": [{"name": "a", "path": "opt-tiny"}, {"name": "b", "path": "opt-tiny"}],
+    }
+    with pytest.raises(ConfigError, match="models.0 and models.1 share the path 'opt-tiny'"):
+        parse_experiment(raw, "test.yaml")
+    with pytest.raises(ConfigError, match="finetuning"):
+        parse_experiment({**MINIMAL, "models": [{"path": "opt-tiny", "finetuning": "qlora"}]})
+    with pytest.raises(ConfigError, match="lora.r"):
+        parse_experiment({**MINIMAL, "lora": {"r": 0}})
