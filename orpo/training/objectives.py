@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -77,15 +78,45 @@ def _n_pairs(batch: dict[str, Tensor]) -> int:
     return len(batch["input_ids"]) // 2  # rows: B chosen, then B rejected
 
 
+class Pair(NamedTuple):
+    """Per-pair values of a pair batch, split once: chosen (B, ...) and rejected (B, ...)."""
+
+    chosen: Tensor
+    rejected: Tensor
+
+    @classmethod
+    def of(cls, rows: Tensor) -> Pair:
+        """Rows of a pair batch (2B, ...) as the collate lays them out: B chosen, then B
+        rejected (one forward pass over both)."""
+        b = len(rows) // 2
+        return cls(rows[:b], rows[b:])
+
+    def detached_sums(self, name: str) -> dict[str, Tensor]:
+        """`<name>_chosen` and `<name>_rejected` summed over the pairs, for the stats."""
+        return {
+            f"{name}_chosen": self.chosen.detach().sum(),
+            f"{name}_rejected": self.rejected.detach().sum(),
+        }
+
+
 def _model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
-def _pair_logps(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Summed and mean response log-probs of all 2B rows."""
+def _pair_logps(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Pair, Pair]:
+    """Summed and mean response log-probs of chosen and rejected, each (B,)."""
     labels, mask = batch["labels"], batch["response_mask"]
     summed = sequence_logprobs(logits, labels, mask, "sum")  # (2B,)
-    return summed, sequence_logprobs(logits, labels, mask, "mean")  # raises on an empty one
+    mean = sequence_logprobs(logits, labels, mask, "mean")  # raises on an empty response
+    return Pair.of(summed), Pair.of(mean)
+
+
+def _chosen_nll(logits: Tensor, batch: dict[str, Tensor], scope: str) -> Tensor:
+    """Summed NLL of the chosen responses (ORPO's and CPO's SFT term)."""
+    b = _n_pairs(batch)
+    labels, mask = nll_mask(batch, slice(0, b), scope)
+    nll_sum, _ = token_nll(logits[:b], labels, mask)
+    return nll_sum
 
 
 def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
@@ -105,19 +136,16 @@ def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, re
 def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """L_ORPO = L_SFT + orpo_lambda * L_OR over one forward pass of chosen+rejected (2B rows)."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    b = _n_pairs(batch)
-    labels, mask = nll_mask(batch, slice(0, b), cfg.nll_scope)
-    nll_sum, _ = token_nll(logits[:b], labels, mask)
-    _, mean_logps = _pair_logps(logits, batch)  # (2B,)
-    or_loss, log_odds = odds_ratio_loss(mean_logps[:b], mean_logps[b:])  # (B,), (B,)
+    nll_sum = _chosen_nll(logits, batch, cfg.nll_scope)
+    _, mean = _pair_logps(logits, batch)
+    or_loss, log_odds = odds_ratio_loss(mean.chosen, mean.rejected)  # (B,), (B,)
     loss = nll_sum / norms.tokens + cfg.orpo_lambda * or_loss.sum() / norms.examples
     stats = {
         "loss": loss.detach(),
         "nll": nll_sum.detach(),
         "or_loss": or_loss.detach().sum(),
         "log_odds_ratio": log_odds.detach().sum(),
-        "logp_chosen": mean_logps[:b].detach().sum(),
-        "logp_rejected": mean_logps[b:].detach().sum(),
+        **mean.detached_sums("logp"),
     }
     return loss, stats
 
@@ -125,40 +153,36 @@ def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, 
 def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """Sigmoid DPO on summed log-probs; `ref` holds the cached reference log-probs (B, 2)."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    b = _n_pairs(batch)
-    sum_logps, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    summed, mean = _pair_logps(logits, batch)
     ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]  # (B,)
-    per_pair = dpo_loss(sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta)
+    per_pair = dpo_loss(summed.chosen, summed.rejected, ref_chosen, ref_rejected, cfg.dpo_beta)
     loss = per_pair.sum() / norms.examples
     r_chosen, r_rejected = dpo_rewards(
-        sum_logps[:b], sum_logps[b:], ref_chosen, ref_rejected, cfg.dpo_beta
+        summed.chosen, summed.rejected, ref_chosen, ref_rejected, cfg.dpo_beta
     )
-    return loss, _preference_stats(loss, mean_logps, r_chosen - r_rejected)
+    return loss, _preference_stats(loss, mean, r_chosen - r_rejected)
 
 
 def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """SimPO: -log sigmoid(beta * (mean logp_w - mean logp_l) - gamma), no reference."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    b = _n_pairs(batch)
-    _, mean_logps = _pair_logps(logits, batch)  # (2B,)
+    _, mean = _pair_logps(logits, batch)
     beta, gamma = cfg.params["beta"], cfg.params["gamma"]
-    per_pair = losses.simpo_loss(mean_logps[:b], mean_logps[b:], beta, gamma)  # (B,)
+    per_pair = losses.simpo_loss(mean.chosen, mean.rejected, beta, gamma)  # (B,)
     loss = per_pair.sum() / norms.examples
-    margin = beta * (mean_logps[:b] - mean_logps[b:])  # SimPO's reward margin
-    return loss, _preference_stats(loss, mean_logps, margin)
+    margin = beta * (mean.chosen - mean.rejected)  # SimPO's reward margin
+    return loss, _preference_stats(loss, mean, margin)
 
 
 def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """CPO: NLL of the chosen response + the reference-free DPO term on summed log-probs."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    b = _n_pairs(batch)
-    labels, mask = nll_mask(batch, slice(0, b), cfg.nll_scope)
-    nll_sum, _ = token_nll(logits[:b], labels, mask)
-    sum_logps, mean_logps = _pair_logps(logits, batch)  # (2B,)
-    prefer = losses.cpo_loss(sum_logps[:b], sum_logps[b:], cfg.params["beta"])  # (B,)
+    nll_sum = _chosen_nll(logits, batch, cfg.nll_scope)
+    summed, mean = _pair_logps(logits, batch)
+    prefer = losses.cpo_loss(summed.chosen, summed.rejected, cfg.params["beta"])  # (B,)
     loss = nll_sum / norms.tokens + prefer.sum() / norms.examples
-    margin = cfg.params["beta"] * (sum_logps[:b] - sum_logps[b:])
-    return loss, {**_preference_stats(loss, mean_logps, margin), "nll": nll_sum.detach()}
+    margin = cfg.params["beta"] * (summed.chosen - summed.rejected)
+    return loss, {**_preference_stats(loss, mean, margin), "nll": nll_sum.detach()}
 
 
 def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
@@ -166,28 +190,24 @@ def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     runs; see `orpo.losses.ipo_loss`); `ref` holds the cached SUMMED reference log-probs
     (B, 2), divided here by the same response token counts."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    b = _n_pairs(batch)
-    _, mean_logps = _pair_logps(logits, batch)  # (2B,)
-    n_tokens = response_tokens(batch).to(ref.dtype)  # (2B,)
-    ref_chosen, ref_rejected = ref[:, 0] / n_tokens[:b], ref[:, 1] / n_tokens[b:]  # (B,)
+    _, mean = _pair_logps(logits, batch)
+    n_tokens = Pair.of(response_tokens(batch).to(ref.dtype))
+    ref_mean = Pair(ref[:, 0] / n_tokens.chosen, ref[:, 1] / n_tokens.rejected)  # (B,) each
     per_pair = losses.ipo_loss(
-        mean_logps[:b], mean_logps[b:], ref_chosen, ref_rejected, cfg.params["tau"]
+        mean.chosen, mean.rejected, ref_mean.chosen, ref_mean.rejected, cfg.params["tau"]
     )
     loss = per_pair.sum() / norms.examples
-    margin = (mean_logps[:b] - ref_chosen) - (mean_logps[b:] - ref_rejected)  # IPO's h
-    return loss, _preference_stats(loss, mean_logps, margin)
+    margin = (mean.chosen - ref_mean.chosen) - (mean.rejected - ref_mean.rejected)  # IPO's h
+    return loss, _preference_stats(loss, mean, margin)
 
 
-def _preference_stats(loss: Tensor, mean_logps: Tensor, margin: Tensor) -> dict[str, Tensor]:
+def _preference_stats(loss: Tensor, mean_logps: Pair, margin: Tensor) -> dict[str, Tensor]:
     """The stats every pairwise method logs: its loss, the mean log-probs of chosen and
-    rejected (2B rows: chosen first), and its own reward margin per pair (B,) and how often it
-    is positive."""
-    b = len(margin)
+    rejected, and its own reward margin per pair (B,) and how often it is positive."""
     margin = margin.detach()
     return {
         "loss": loss.detach(),
-        "logp_chosen": mean_logps[:b].detach().sum(),
-        "logp_rejected": mean_logps[b:].detach().sum(),
+        **mean_logps.detached_sums("logp"),
         "reward_margin": margin.sum(),
         "reward_accuracy": (margin > 0).float().sum(),
     }
@@ -202,11 +222,10 @@ def response_tokens(batch: dict[str, Tensor]) -> Tensor:
 
 def rm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """Bradley-Terry reward model: scalar head on prompt+response, -log sigmoid(r_w - r_l)."""
-    rewards = forward(**_model_inputs(batch)).logits.squeeze(-1).float()  # (2B,)
-    b = _n_pairs(batch)
-    per_pair = bradley_terry_loss(rewards[:b], rewards[b:])  # (B,)
+    rewards = Pair.of(forward(**_model_inputs(batch)).logits.squeeze(-1).float())  # (B,) each
+    per_pair = bradley_terry_loss(rewards.chosen, rewards.rejected)  # (B,)
     loss = per_pair.sum() / norms.examples
-    margin = (rewards[:b] - rewards[b:]).detach()
+    margin = (rewards.chosen - rewards.rejected).detach()
     stats = {
         "loss": loss.detach(),
         "reward_margin": margin.sum(),
@@ -232,6 +251,5 @@ def pair_logps(forward: Forward, batch) -> tuple[Tensor, Tensor]:
     """(summed, mean) response log-probs of chosen and rejected, each (B, 2): the DPO reference
     cache and the report's log odds / log probability ratio distributions use it."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    b = _n_pairs(batch)
     summed, mean = _pair_logps(logits, batch)
-    return torch.stack([summed[:b], summed[b:]], 1), torch.stack([mean[:b], mean[b:]], 1)
+    return torch.stack(summed, 1), torch.stack(mean, 1)
