@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from tests.requirements import require  # noqa: E402
+
 SMOLLM2 = "smollm2-135m-instruct"
 
 
@@ -31,12 +33,7 @@ def smollm2_dir(tmp_path_factory):
     """The packaged GGUF dequantised once per session into a safetensors folder (~20 s).
     Skips with the reason printed when the extra is not installed, except under
     ORPO_REQUIRE_SMOLLM2=1 (`make test`), where a missing extra is a failure."""
-    reason = _smollm2_missing()
-    if reason:
-        if os.environ.get("ORPO_REQUIRE_SMOLLM2"):
-            pytest.fail(f"ORPO_REQUIRE_SMOLLM2 is set but {reason}")
-        print(f"skipping: {reason}")
-        pytest.skip(reason)
+    require("SMOLLM2", _smollm2_missing())
     from orpo.sources import materialize
 
     home = tmp_path_factory.mktemp("smollm2-home")

@@ -27,6 +27,7 @@ import yaml
 from orpo.postgres import HOST, ROLE, missing_reason
 from orpo.training.launch import free_port
 from tests.micro import MICRO
+from tests.requirements import require
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -38,12 +39,7 @@ SEEDS = (0, 1)  # one run per seed: the two runs share no cell (and no cell fold
 
 @pytest.fixture(scope="module")
 def team():
-    reason = missing_reason()
-    if reason:
-        if os.environ.get("ORPO_REQUIRE_POSTGRES"):
-            pytest.fail(f"ORPO_REQUIRE_POSTGRES is set but {reason}")
-        print(f"skipping: {reason}")
-        pytest.skip(reason)
+    require("POSTGRES", missing_reason())
     # Not under pytest's tmp folder: that is 0700 root's, and as root the cluster's server runs
     # as the user `postgres`, which has to reach <home>/.run/postgres/.
     home = Path(tempfile.mkdtemp(prefix="orpo-team-"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import time
 from html.parser import HTMLParser
@@ -30,6 +29,7 @@ from tests.fixtures.report_fixture import (
     run_urls,
     write_fixture_results,
 )
+from tests.requirements import require
 
 unit = pytest.mark.unit
 
@@ -365,13 +365,8 @@ def test_run_links_only_for_http_urls():
 
 @pytest.mark.integration
 def test_chromium_screenshot_is_not_blank(tmp_path):
-    if not CHROMIUM.exists():
-        if os.environ.get("ORPO_REQUIRE_CHROMIUM"):
-            pytest.fail(
-                f"ORPO_REQUIRE_CHROMIUM is set but {CHROMIUM} is missing "
-                "(apt-get install -y chromium)"
-            )
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
+    missing = None if CHROMIUM.exists() else f"{CHROMIUM} is missing (apt-get install chromium)"
+    require("CHROMIUM", missing)
     results_dir = write_fixture_results(tmp_path / "results")
     report = render_report(results_dir, tmp_path / "index.html")
     screenshot = tmp_path / "screenshot.png"
