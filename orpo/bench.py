@@ -226,7 +226,11 @@ def render_table(report: dict) -> str:
         "",
         f"{m['cpus']} CPUs ({m['processor'] or m['machine']}), torch {m['torch']}, "
         f"deepspeed {m['deepspeed']}, "
-        + (f"{m['gpu']}, bf16" if m.get("gpu") else "fp32 on CPU")
+        + (
+            f"{m['gpu']}, ZeRO-3 rows in bf16, the plain-torch floor in fp32"
+            if m.get("gpu")
+            else "fp32 on CPU"
+        )
         + f"; {s['steps']} optimizer steps per cell, "
         f"global batch {s['global_batch']} pairs, max_length {s['max_length']}. "
         "ZeRO-3 figures exclude start-up (train_seconds / steps from result.json); forward "

@@ -101,8 +101,9 @@ class SimpoConfig(OptimConfig):
     """SimPO (Meng et al. 2024): optimiser settings and the loss's beta and margin gamma (in
     reward units, as the paper writes it; TRL's `simpo_gamma` is the same gamma)."""
 
-    beta: float = Field(2.0, gt=0, allow_inf_nan=False, description="reward scale")
-    gamma: float = Field(1.0, ge=0, allow_inf_nan=False, description="target reward margin")
+    # defaults: the paper's Llama-3-8B-Instruct setting, with the learning rate below
+    beta: float = Field(2.5, gt=0, allow_inf_nan=False, description="reward scale")
+    gamma: float = Field(1.4, ge=0, allow_inf_nan=False, description="target reward margin")
 
 
 class CpoConfig(OptimConfig):
@@ -216,7 +217,9 @@ class LoraConfig(Strict):
     alpha: float = Field(16.0, gt=0, description="scale: the update is (alpha / r) B A")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
     target_modules: list[str] | None = Field(
-        None, description="module names to adapt; None: peft's default for the architecture"
+        None,
+        min_length=1,
+        description="module names to adapt; None: peft's default for the architecture",
     )
 
 
@@ -322,9 +325,10 @@ class Experiment(Strict):
     def rm_model_name(self) -> str:
         """The Bradley-Terry judge's model as a display name: a `models` entry it names (by
         name or path), else derived from `eval.rm_model` like any model."""
-        for entry in self.models:
-            if self.eval.rm_model in (entry.name, entry.path):
-                return entry.name
+        named = [e for e in self.models if self.eval.rm_model in (e.name, e.path)]
+        # a path listed for full and LoRA: the judge trains every weight, like the full entry
+        for entry in sorted(named, key=lambda e: e.finetuning != "full"):
+            return self.pretrain_model(entry.name)
         return short_model_name(self.eval.rm_model)
 
     def finetuning(self, name: str) -> Finetuning:
@@ -385,6 +389,16 @@ class Cell(Strict):
     depends_on: list[str] = []
     resample_of: str | None = None
     """Set on a negative-control cell: the trained cell whose model it samples again."""
+
+    @model_validator(mode="after")
+    def _params_are_the_methods_knobs(self) -> Cell:
+        expected = set(METHODS[self.stage].knobs) if self.stage in OTHER_METHODS else set()
+        if set(self.params) != expected:
+            raise ValueError(
+                f"cell {self.id}: params {sorted(self.params)} are not {self.stage}'s loss "
+                f"settings {sorted(expected)}"
+            )
+        return self
 
 
 def _fmt(x: float) -> str:

@@ -1,11 +1,11 @@
 """The math of the lab: per-sequence log-probs and the SFT, ORPO, DPO and Bradley-Terry losses,
-plus the methods the ORPO paper did not compare (SimPO, CPO, IPO, KTO).
+plus the methods the ORPO paper did not compare (SimPO, CPO, IPO).
 
 Pure functions of tensors (torch only; no logging, no I/O). Every loss takes per-sequence
 log-probs produced by the one helper, :func:`sequence_logprobs`, and returns per-example
 values, so the caller decides how to reduce and what to log. One name per quantity (the
 README's "The math"): ``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta. The added methods keep their papers'
-letters: ``beta`` of SimPO, CPO and KTO is each method's own inverse temperature (SimPO's is
+letters: ``beta`` of SimPO and CPO is each method's own inverse temperature (SimPO's is
 ~2, the others' ~0.1: never share one config value between them), ``gamma`` is SimPO's target
 reward margin, ``tau`` is IPO's regularisation strength.
 
@@ -21,8 +21,6 @@ References:
     Performance in Machine Translation", 2024, arXiv 2401.08417 (L_prefer, L_CPO).
     IPO: Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
     Preferences", 2023, arXiv 2310.12036 (Eq. 17, Algorithm 1).
-    KTO: Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization", 2024,
-    arXiv 2402.01306 (the KTO loss; TRL cites it as Eq. 7).
 """
 
 from __future__ import annotations
@@ -51,8 +49,6 @@ __all__ = [
     "dpo_loss",
     "dpo_rewards",
     "ipo_loss",
-    "kto_kl_estimate",
-    "kto_loss",
     "log1mexp",
     "odds_ratio_loss",
     "orpo_loss",
@@ -449,7 +445,7 @@ def bradley_terry_loss(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor
 
 
 # ---------------------------------------------------------------------------- beyond the paper
-# Methods the ORPO paper did not compare (issue #13). Each docstring says which log-probs the lab
+# Methods the ORPO paper did not compare. Each docstring says which log-probs the lab
 # feeds the function, the defaults of the paper and its reference code, and where TRL differs.
 
 
@@ -607,129 +603,3 @@ def ipo_loss(
     chosen, rejected = _dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     h = chosen - rejected  # (B,)
     return (h - 1.0 / (2.0 * tau)) ** 2  # (B,)
-
-
-def kto_kl_estimate(policy_logps: Tensor, ref_logps: Tensor) -> Tensor:
-    r"""KTO's reference point z0: the batch-mean log-ratio, clamped at 0 and detached.
-
-    .. math:: \hat z_0 = \max\Big(0, \frac{1}{m} \sum_{i=1}^{m}
-        \big(\log \pi_\theta(y'_i|x_i) - \log \pi_{ref}(y'_i|x_i)\big)\Big)
-
-    Over m (prompt, completion) pairs, SUMMED log-probs; in the paper and in TRL they are
-    mismatched pairs, each prompt with another example's completion (see :func:`kto_loss`). The
-    result carries no gradient whether or not the inputs were computed under no_grad. With
-    several data-parallel ranks TRL and HALOs average across ranks before clamping: all-reduce
-    the sum of ``policy_logps - ref_logps`` and the count, and pass sum / count to kto_loss,
-    which clamps.
-
-    Args:
-        policy_logps: (m,) policy log-probs of the completions.
-        ref_logps: (m,) reference log-probs of the same completions.
-
-    Returns:
-        Scalar float32 (float64 for float64 input), >= 0, without gradient.
-
-    Raises:
-        ValueError: if the shapes differ or there is no pair.
-
-    Example: log-ratios +1 and +0.5 give z0 = 0.75; log-ratios -1 and -2 give -1.5, clamped to 0.
-
-    >>> t = torch.tensor
-    >>> kto_kl_estimate(t([-10.0, -12.0]), t([-11.0, -12.5])).item()
-    0.75
-    >>> kto_kl_estimate(t([-10.0, -12.0]), t([-9.0, -10.0])).item()
-    0.0
-    """
-    _check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps)
-    if policy_logps.numel() == 0:
-        raise ValueError("kto_kl_estimate over zero pairs: the mean is undefined")
-    log_ratio = _upcast(policy_logps).detach() - _upcast(ref_logps).detach()  # (m,)
-    return log_ratio.mean().clamp(min=0.0)
-
-
-def kto_loss(
-    policy_chosen: Tensor,
-    policy_rejected: Tensor,
-    ref_chosen: Tensor,
-    ref_rejected: Tensor,
-    beta: float,
-    kl_ref: float | Tensor,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
-) -> Tensor:
-    r"""Per-pair KTO loss: y_w as a desirable and y_l as an undesirable example (KTO paper).
-
-    .. math::
-        r_\theta(x, y) = \log \pi_\theta(y|x) - \log \pi_{ref}(y|x), \qquad
-        z_0 = \max(0, \mathrm{kl\_ref})
-
-        \mathcal{L}_{KTO} = \lambda_D \big(1 - \sigma(\beta (r_\theta(x, y_w) - z_0))\big)
-            + \lambda_U \big(1 - \sigma(\beta (z_0 - r_\theta(x, y_l)))\big)
-
-    The paper's loss is E[lambda_y - v(x, y)] with v = lambda_D sigma(beta (r - z0)) for a
-    desirable y and lambda_U sigma(beta (z0 - r)) for an undesirable one: per example the
-    weighted 1 - sigma terms above (TRL ``KTOTrainer``, ``loss_type="kto"``; HALOs
-    ``KTOTrainer``), computed as sigma(-x), which keeps its digits where sigma(x) rounds to 1.
-    Inputs are SUMMED response log-probs (TRL and HALOs both sum). The reference log-probs and
-    z0 are detached (the paper does not backpropagate through z0) and z0 is clamped at 0 here
-    as well, so an unclamped estimate is safe to pass.
-
-    Reduction: the two terms are summed per pair, which is twice TRL's per-example value. TRL
-    treats the 2B completions as independent examples and takes ``nanmean`` over them, so
-    ``kto_loss(...).mean() / 2`` is TRL's loss on the same batch.
-
-    How kl_ref is meant to be estimated: z0 = KL(pi_theta(y'|x) || pi_ref(y'|x)) over
-    completions y' the prompt did not get. TRL and HALOs pair each prompt with another example's
-    completion (TRL cycles completions by one inside the batch), run policy and reference on
-    those mismatched pairs without gradient, and average (policy - ref) summed log-probs over
-    the batch and the data-parallel ranks before clamping at 0 (:func:`kto_kl_estimate`). That
-    costs one extra forward pass of each model per batch and needs more than one pair per batch
-    (TRL refuses batch size 1). Simpler estimates a caller may use: the detached mean of the
-    matched log-ratios of both responses, ``kto_kl_estimate(torch.cat([policy_chosen,
-    policy_rejected]), torch.cat([ref_chosen, ref_rejected]))`` (no extra pass, but biased: it
-    moves with the very rewards it centres), or kl_ref = 0 (a fixed reference point; the policy
-    starts at the reference, where the KL is 0).
-
-    Defaults (TRL KTOConfig; HALOs config/loss/kto.yaml): beta 0.1; desirable_weight =
-    undesirable_weight = 1.0, right for paired data (one desirable and one undesirable per
-    pair); for imbalanced data keep lambda_D n_D / (lambda_U n_U) in [1, 4/3]. Learning rate:
-    HALOs' default 5e-6; TRL's 1e-6, its docs asking for at most 1e-6 at beta 0.1 and 5e-7 to
-    5e-6 overall. Starts from an SFT model, which is also the reference.
-
-    Args:
-        policy_chosen, policy_rejected: (B,) policy log-probs of y_w and y_l.
-        ref_chosen, ref_rejected: (B,) reference log-probs of y_w and y_l.
-        beta: KTO's beta (paper and TRL: 0.1).
-        kl_ref: the reference point z0, a float or a 0-dim tensor (detached and clamped here).
-        desirable_weight: lambda_D, the weight of the chosen (desirable) term.
-        undesirable_weight: lambda_U, the weight of the rejected (undesirable) term.
-
-    Returns:
-        (B,) float32 (float64 for float64 input).
-
-    Raises:
-        ValueError: on shapes that do not match, or a kl_ref that is not a scalar.
-
-    Example: pi_w = -10, ref_w = -12 (r_w = +2); pi_l = -20, ref_l = -18 (r_l = -2); beta = 0.1,
-    z0 = 0.5: desirable 1 - sigmoid(0.1 * 1.5) = sigmoid(-0.15) = 0.4626, undesirable
-    1 - sigmoid(0.1 * 2.5) = sigmoid(-0.25) = 0.4378; loss 0.9004.
-
-    >>> t = torch.tensor
-    >>> round(kto_loss(t([-10.0]), t([-20.0]), t([-12.0]), t([-18.0]), 0.1, kl_ref=0.5).item(), 4)
-    0.9004
-    """
-    chosen, rejected = _dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    if isinstance(kl_ref, Tensor):
-        if kl_ref.dim() != 0:
-            raise ValueError(
-                f"kl_ref must be a scalar (one reference point per batch), got shape "
-                f"{tuple(kl_ref.shape)}"
-            )
-        z0 = _upcast(kl_ref.detach()).to(chosen.device)
-    else:
-        z0 = torch.tensor(float(kl_ref), dtype=chosen.dtype, device=chosen.device)
-    z0 = z0.clamp(min=0.0)
-    # 1 - sigmoid(x) = sigmoid(-x): exact where sigmoid(x) would round to 1.
-    desirable = torch.sigmoid(beta * (z0 - chosen))  # (B,)
-    undesirable = torch.sigmoid(beta * (rejected - z0))  # (B,)
-    return desirable_weight * desirable + undesirable_weight * undesirable  # (B,)

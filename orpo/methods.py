@@ -15,8 +15,8 @@ earlier result.
 Adding a method: its loss in `orpo/losses.py`, its entry here, its section model in
 `orpo/config.py` (the defaults its paper uses), its objective, and its tests.
 
-KTO (Ethayarajh et al. 2024) has its loss in `orpo.losses` but no entry: its reference point
-z0 is a statistic of the whole batch (the policy's KL from the reference on mismatched pairs,
+KTO (Ethayarajh et al. 2024) is not here: its reference point z0 is a statistic of the whole
+batch (the policy's KL from the reference on mismatched pairs,
 one more forward pass of both models), so a micro-batch's share of the window loss depends on
 the other micro-batches, which the window normalisation of `orpo.training.objectives` cannot
 express.
@@ -79,15 +79,7 @@ METHODS: dict[str, MethodSpec] = {
 METHOD_NAMES = tuple(METHODS)
 PAPER_METHODS = ("sft", "dpo", "orpo")  # what the ORPO paper compares
 OTHER_METHODS = tuple(name for name in METHOD_NAMES if name not in PAPER_METHODS)
-PREFERENCE_METHODS = tuple(name for name, spec in METHODS.items() if spec.reads == "pairs")
 REFERENCE_METHODS = tuple(name for name, spec in METHODS.items() if spec.needs_reference)
-
-
-def method(name: str) -> MethodSpec:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}") from None
 
 
 def needs_reference(stage: str) -> bool:

@@ -288,7 +288,7 @@ def prune(experiment: str, dry_run: bool = False) -> list[Entry]:
             f"experiment {experiment!r} has a live run ({hosts}; registered in "
             f"{paths.runs_dir(experiment) / 'live'}): prune it after that run ends"
         )
-    stale = [e for e in list_entries(experiment) if not e.current]
+    stale = prunable(list_entries(experiment))
     if not dry_run:
         cells = paths.runs_dir(experiment) / "cells"
         for tmp in cells.glob(".*.link-*") if cells.is_dir() else []:
@@ -301,6 +301,20 @@ def prune(experiment: str, dry_run: bool = False) -> list[Entry]:
             except OSError:
                 pass
     return stale
+
+
+def prunable(entries: list[Entry]) -> list[Entry]:
+    """Entries no view points at, except a view's newest finished entry when its current one
+    is not finished: a cell re-points its view when it starts (before it gets a training
+    slot), so a changed run that was stopped before it trained must not cost the last result."""
+    keep = set()
+    for view in {e.view for e in entries}:
+        own = [e for e in entries if e.view == view]
+        if not any(e.current and e.state == "finished" for e in own):
+            finished = [e for e in own if e.state == "finished"]
+            if finished:
+                keep.add(max(finished, key=lambda e: e.created).path)
+    return [e for e in entries if not e.current and e.path not in keep]
 
 
 # --- the command's text ---------------------------------------------------------------------
@@ -350,7 +364,7 @@ def runs_lines(experiment: str) -> list[str]:
             f"{e.view:<32} {e.path.name:<34} {e.state:<8} {human_size(e.size):>9} "
             f"{human_age(now - e.created):>5}  {'yes' if e.current else '-'}"
         )
-    stale = [e for e in entries if not e.current]
+    stale = prunable(entries)
     lines.append(
         f"{len(entries)} entries in {paths.store_dir(experiment)}, {len(entries) - len(stale)} "
         f"current; `orpo prune {experiment}` would free {human_size(sum(e.size for e in stale))}"

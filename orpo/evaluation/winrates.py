@@ -34,6 +34,7 @@ from orpo.config import (
     Experiment,
     cell_id,
     has_base_row,
+    method_params,
 )
 from orpo.methods import OTHER_METHODS
 from orpo.metrics import detectable_effect, holm_adjust, pooled_win_rate, win_rate
@@ -62,10 +63,11 @@ def comparisons(exp: Experiment, model: str, seed: int) -> list[tuple[Cell, Cell
     """(A, B, kind) of the paper's comparisons and the positive control, one model and seed;
     each method beyond the paper's three (SimPO, CPO, IPO) against SFT and against ORPO."""
 
-    def cell(stage, **knob):
+    def cell(stage, params=None, **knob):
         return Cell(
-            id=cell_id(stage, model, seed, **knob), stage=stage, model=model, seed=seed, **knob
-        )
+            id=cell_id(stage, model, seed, **knob), stage=stage, model=model, seed=seed,
+            params=params or {}, **knob,
+        )  # fmt: skip
 
     sft = cell("sft")
     orpos = [cell("orpo", orpo_lambda=lam) for lam in exp.orpo_lambdas]
@@ -78,7 +80,7 @@ def comparisons(exp: Experiment, model: str, seed: int) -> list[tuple[Cell, Cell
         pairs += [(o, d) for o in orpos for d in dpos]
     if {"dpo", "sft"} <= methods:
         pairs += [(d, sft) for d in dpos]
-    others = [cell(m) for m in OTHER_METHODS if m in methods]
+    others = [cell(m, params=method_params(exp, m)) for m in OTHER_METHODS if m in methods]
     pairs += [(o, sft) for o in others if "sft" in methods]
     pairs += [(o, other) for o in orpos if "orpo" in methods for other in others]
     found = [(a, b, METHOD) for a, b in pairs]

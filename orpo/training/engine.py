@@ -215,10 +215,15 @@ class DeepSpeedEngine:
                 self.engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=False)
                 state = {k: v.detach().cpu().float() for k, v in self.module.state_dict().items()}
             model = build_model()
+            # Frozen weights (LoRA's base) come from `build_model`, which loads them from the
+            # starting checkpoint in fp32: the copies a checkpoint holds of frozen weights are
+            # the training-precision module weights (bf16 on a GPU), not fp32 masters.
+            frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+            state = {k: v for k, v in state.items() if k not in frozen}
             missing, unexpected = model.load_state_dict(state, strict=False)
             tied = set(getattr(model, "_tied_weights_keys", None) or [])
             # a LoRA model's keys carry peft's prefix; the tied head is the base model's
-            missing = [k.removeprefix(PEFT_PREFIX) for k in missing]
+            missing = [k.removeprefix(PEFT_PREFIX) for k in missing if k not in frozen]
             if unexpected or any(k not in tied and not k.startswith("lm_head") for k in missing):
                 raise RuntimeError(f"export of {tag}: missing {missing}, unexpected {unexpected}")
             model.tie_weights()
@@ -252,6 +257,7 @@ class TorchEngine:
         self.device_type = pick_device(resources)
         self.device = torch.device(self.device_type)
         self.rank, self.world_size, self.zero_stage = 0, 1, None
+        self.precision = "fp32"  # no autocast: the floor trains in the model's fp32
         self.model = model.to(self.device)
         self.optim_cfg = optim
         self.optimizer = torch.optim.AdamW(

@@ -302,3 +302,18 @@ def test_an_unknown_experiment_is_a_clear_error(lab, capsys):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "EXPERIMENT 'nope'" in err and "micro" in err  # names the value and the known ones
+
+
+def test_prune_keeps_the_last_result_of_a_cell_whose_changed_run_never_trained(lab, capsys):
+    from orpo.pipeline import finished_result
+
+    train()  # finished under lr 1e-3
+    finished = entry_of(job_for(SFT))
+    changed = job_for(SFT, **{"sft.lr": 5e-3})
+    assert finished_result(changed) is None  # the view now points at the new, empty entry
+    assert view().resolve() == entry_of(changed).resolve()
+
+    assert main(["prune", "micro"]) == 0  # the changed run was stopped before it trained
+    capsys.readouterr()
+    assert (finished / "result.json").is_file()  # the last result survives
+    assert train()["status"] == "cached"

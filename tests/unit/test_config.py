@@ -161,3 +161,26 @@ def test_the_same_path_twice_with_one_finetuning_is_an_error_naming_both():
         parse_experiment({**MINIMAL, "models": [{"path": "opt-tiny", "finetuning": "qlora"}]})
     with pytest.raises(ConfigError, match="lora.r"):
         parse_experiment({**MINIMAL, "lora": {"r": 0}})
+
+
+def test_a_judge_named_by_a_path_listed_full_and_lora_is_the_full_one():
+    raw = {
+        **MINIMAL,
+        "models": [{"path": "opt-small", "finetuning": "lora"}, "opt-small"],
+        "pretrain": {"lr": 1e-3, "epochs": 1},
+        "eval": {"judge": "reward-model", "rm_model": "opt-small"},
+    }
+    exp = parse_experiment(raw, "test.yaml")
+    assert exp.rm_model_name == "opt-small"
+    ids = {c.id for c in expand_cells(exp)}
+    assert "rm-opt-small-s0" in ids and "pretrain-opt-small-lora-s0" not in ids
+
+
+def test_a_cell_takes_exactly_its_methods_loss_settings():
+    from orpo.config import Cell
+
+    Cell(id="simpo-m-s0", stage="simpo", model="m", seed=0, params={"beta": 2.0, "gamma": 1.0})
+    with pytest.raises(ValueError, match=r"params \['beta'\] are not simpo's"):
+        Cell(id="simpo-m-s0", stage="simpo", model="m", seed=0, params={"beta": 2.0})
+    with pytest.raises(ValueError, match="are not sft's"):
+        Cell(id="sft-m-s0", stage="sft", model="m", seed=0, params={"beta": 2.0})

@@ -14,8 +14,6 @@ from orpo.losses import (
     dpo_loss,
     dpo_rewards,
     ipo_loss,
-    kto_kl_estimate,
-    kto_loss,
     log1mexp,
     odds_ratio_loss,
     orpo_loss,
@@ -446,7 +444,7 @@ def test_sft_loss_over_zero_tokens_raises():
         sft_loss(logits, labels, torch.zeros(2, 4, dtype=torch.bool))
 
 
-# ---------------------------------------------------------------------------- SimPO, CPO, IPO, KTO
+# ------------------------------------------------------------------------------- SimPO, CPO, IPO
 
 
 def sigmoid(x: float) -> float:
@@ -545,89 +543,6 @@ def test_ipo_has_its_minimum_at_h_equal_one_over_two_tau():
     assert bool((loss[1:26] < loss[:25]).all()) and bool((loss[26:] > loss[25:50]).all())
 
 
-def test_kto_loss_reference_values():
-    # r = pi - ref (summed);  L = w_d * (1 - sigmoid(beta (r_w - z0))) + w_u * (1 - sigmoid(beta (z0 - r_l)))
-    # Pair 0: r_w = -10 - -12 = 2, r_l = -20 - -18 = -2; beta = 0.1, z0 = 0.5, weights 1:
-    #   1 - sigmoid(0.15) = 0.462570,  1 - sigmoid(0.25) = 0.437823;  sum 0.900394
-    # Pair 1: r_w = -6 - -5 = -1, r_l = -9 - -10 = +1 (the policy prefers y_l):
-    #   1 - sigmoid(-0.15) = 0.537430,  1 - sigmoid(-0.05) = 0.512497;  sum 1.049927
-    pi_w, pi_l = torch.tensor([-10.0, -6.0]), torch.tensor([-20.0, -9.0])
-    ref_w, ref_l = torch.tensor([-12.0, -5.0]), torch.tensor([-18.0, -10.0])
-    loss = kto_loss(pi_w, pi_l, ref_w, ref_l, beta=0.1, kl_ref=0.5)
-    assert loss.shape == (2,) and loss.dtype == torch.float32
-    expected_0 = (1 - sigmoid(0.15)) + (1 - sigmoid(0.25))
-    expected_1 = (1 - sigmoid(-0.15)) + (1 - sigmoid(-0.05))
-    close(loss, [expected_0, expected_1])
-    close(loss, [0.900394, 1.049927], rtol=0, atol=1e-6)
-    # Weights: beta = 0.5, z0 = 0.5, w_d = 1, w_u = 1.5 on pair 1:
-    #   1.0 * (1 - sigmoid(0.5 * (-1 - 0.5))) + 1.5 * (1 - sigmoid(0.5 * (0.5 - 1)))
-    #   = sigmoid(0.75) + 1.5 * sigmoid(0.25) = 0.679179 + 1.5 * 0.562177 = 1.522443
-    weighted = kto_loss(
-        pi_w[1:],
-        pi_l[1:],
-        ref_w[1:],
-        ref_l[1:],
-        0.5,
-        0.5,
-        desirable_weight=1.0,
-        undesirable_weight=1.5,
-    )
-    close(weighted, [1.522443], rtol=0, atol=1e-6)
-
-
-def test_kto_loss_is_twice_trl_per_example_mean():
-    # TRL's KTOTrainer: chosen_losses = 1 - sigmoid(beta (r_w - kl)), rejected_losses =
-    # 1 - sigmoid(beta (kl - r_l)), loss = cat(w_d * chosen, w_u * rejected).nanmean().
-    gen = torch.Generator().manual_seed(2)
-    pi_w, pi_l, ref_w, ref_l = (
-        -40 * torch.rand(6, generator=gen, dtype=torch.float64) for _ in range(4)
-    )
-    beta, kl, w_d, w_u = 0.1, 0.3, 1.0, 1.33
-    r_w, r_l = pi_w - ref_w, pi_l - ref_l
-    trl = torch.cat(
-        (w_d * (1 - torch.sigmoid(beta * (r_w - kl))), w_u * (1 - torch.sigmoid(beta * (kl - r_l))))
-    ).nanmean()
-    ours = kto_loss(
-        pi_w, pi_l, ref_w, ref_l, beta, kl, desirable_weight=w_d, undesirable_weight=w_u
-    )
-    close(ours.mean() / 2, trl, rtol=1e-12, atol=1e-12)
-
-
-def test_kto_reference_point_is_clamped_detached_and_scalar():
-    pi_w, pi_l = torch.tensor([-10.0]), torch.tensor([-20.0])
-    ref_w, ref_l = torch.tensor([-12.0]), torch.tensor([-18.0])
-    # z0 = max(0, kl_ref): a negative estimate is the same as 0 (as a float or a tensor).
-    at_zero = kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=0.0)
-    close(at_zero, [2 * (1 - sigmoid(0.2))])  # r_w = 2, r_l = -2: both terms 1 - sigmoid(0.2)
-    assert torch.equal(kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=-0.7), at_zero)
-    assert torch.equal(kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=torch.tensor(-0.7)), at_zero)
-    # A larger z0 makes the desirable term harder and the undesirable one easier.
-    high = kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=1.0)
-    close(high, [(1 - sigmoid(0.1)) + (1 - sigmoid(0.3))])
-    # No gradient reaches kl_ref, even if the caller forgot to detach it.
-    kl = torch.tensor(0.5, requires_grad=True)
-    pi_w.requires_grad_(True)
-    kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=kl).sum().backward()
-    assert kl.grad is None and pi_w.grad is not None
-    with pytest.raises(ValueError, match="kl_ref must be a scalar"):
-        kto_loss(pi_w, pi_l, ref_w, ref_l, 0.1, kl_ref=torch.zeros(1))
-
-
-def test_kto_kl_estimate_values_clamp_and_errors():
-    # log-ratios +1, +0.5, -0.3: mean 1.2 / 3 = 0.4
-    policy = torch.tensor([-10.0, -12.0, -5.3], requires_grad=True)
-    ref = torch.tensor([-11.0, -12.5, -5.0])
-    z0 = kto_kl_estimate(policy, ref)
-    assert z0.shape == () and z0.dtype == torch.float32 and not z0.requires_grad
-    close(z0, 0.4)
-    # Mean below 0 (log-ratios -1, -2): clamped to 0.
-    close(kto_kl_estimate(torch.tensor([-10.0, -12.0]), torch.tensor([-9.0, -10.0])), 0.0)
-    with pytest.raises(ValueError, match="shape mismatch"):
-        kto_kl_estimate(torch.zeros(3), torch.zeros(3, 1))
-    with pytest.raises(ValueError, match="zero pairs"):
-        kto_kl_estimate(torch.zeros(0), torch.zeros(0))
-
-
 def four_logps(dtype: torch.dtype) -> list[torch.Tensor]:
     """pi_w, pi_l, ref_w, ref_l, (B,) = (2,), leaves with requires_grad."""
     values = [[-1.0, -2.0], [-2.0, -1.5], [-1.5, -1.8], [-1.5, -1.2]]
@@ -638,7 +553,6 @@ NEW_LOSSES = {
     "simpo": lambda pw, pl, rw, rl: simpo_loss(pw, pl, beta=2.0, gamma=0.5),
     "cpo": lambda pw, pl, rw, rl: cpo_loss(pw, pl, beta=0.1),
     "ipo": lambda pw, pl, rw, rl: ipo_loss(pw, pl, rw, rl, tau=0.1),
-    "kto": lambda pw, pl, rw, rl: kto_loss(pw, pl, rw, rl, beta=0.1, kl_ref=0.2),
 }
 
 
@@ -682,5 +596,3 @@ def test_new_losses_reject_mismatched_shapes():
         cpo_loss(b, b1, beta=0.1)
     with pytest.raises(ValueError, match="shape mismatch"):
         ipo_loss(b, b, b1, b, tau=0.1)
-    with pytest.raises(ValueError, match="shape mismatch"):
-        kto_loss(b, b, b, b1, beta=0.1, kl_ref=0.0)
