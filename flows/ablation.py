@@ -8,6 +8,7 @@ report, which runs even when some cells failed (it says which and why).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from prefect import flow, get_client, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from orpo import live_runs, recovery, tracking
+from orpo import live_runs, paths, recovery, tracking
 from orpo.config import (
     DpoBeta,
     Experiment,
@@ -26,6 +27,8 @@ from orpo.config import (
     load_experiment,
     rm_cell_id,
 )
+from orpo.report.tables import load_results
+from orpo.timing import breakdown_lines
 from orpo.training.launch import stop_live_cells
 from tasks.common import flow_run_info
 from tasks.data import prepare_data_task
@@ -58,6 +61,7 @@ def orpo_ablation(
     negative orpo_lambda) before it creates the flow run; `overrides` maps any other dotted
     experiment key to a value, validated by the experiment schema before any task runs."""
     logger = get_run_logger()
+    started = time.monotonic()
     knobs = {
         "orpo_lambdas": orpo_lambdas,
         "dpo_betas": dpo_betas,
@@ -92,12 +96,16 @@ def orpo_ablation(
     recovery.reclaim_slots(exp.name, this_run, training_slots(exp.name), logger.warning)
 
     try:
-        trained, evaluated = _fan_out(exp, parent)
+        data, trained, evaluated = _fan_out(exp, parent)
+        wait([data])
+        setup_seconds = time.monotonic() - started
         wait([*trained.values(), *evaluated])
         unfinished = {
             cid: str(f.state.message) for cid, f in trained.items() if not f.state.is_completed()
         }
+        reporting = time.monotonic()
         html = report_task.submit(exp, parent, unfinished).result()
+        report_seconds = time.monotonic() - reporting
     except BaseException:
         # Cancelled (Prefect turns the SIGTERM into an exception here, in the main thread) or
         # crashed: stop the DeepSpeed processes, which live in their own sessions and would
@@ -107,13 +115,16 @@ def orpo_ablation(
         raise
     finally:
         live_runs.unregister(exp.name, this_run)
+    timings = load_results(paths.results_dir(exp.name)).timings.to_dict("records")
+    wall = time.monotonic() - started
+    logger.info(breakdown_lines(timings, wall, setup_seconds, report_seconds))
     tracking.end_run(parent, "FAILED" if unfinished else "FINISHED")
     if unfinished:
         logger.warning("cells that did not finish: %s (the report says why)", ", ".join(unfinished))
     return html
 
 
-def _fan_out(exp: Experiment, parent: str) -> tuple[dict, list]:
+def _fan_out(exp: Experiment, parent: str) -> tuple[Any, dict, list]:
     """Submit data, every training cell (after the cells it starts from), and generation and
     judging of every policy and base row (after its cell and the reward-model judge). Tasks get
     the validated experiment and cell objects, parsed once by the flow."""
@@ -135,7 +146,7 @@ def _fan_out(exp: Experiment, parent: str) -> tuple[dict, list]:
         gen = generate_task.submit(exp, cell.id, wait_for=ready)
         judged = judge_task.submit(exp, cell.id, wait_for=[gen, *judge_ready])
         evaluated += [gen, judged]
-    return trained, evaluated
+    return data, trained, evaluated
 
 
 def _judge_dependencies(exp: Experiment, trained: dict) -> list:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from orpo.paths import project_home
 from orpo.report.tables import CELL_TOTALS
+from orpo.timing import CELL_PHASES
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -42,7 +43,7 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
 
 
 # The results contract's per-cell totals, plus the training time alone (start-up excluded).
-CELL_METRICS = (*CELL_TOTALS, "train_seconds")
+CELL_METRICS = (*CELL_TOTALS, *CELL_PHASES)
 
 
 def cell_totals(result: Mapping) -> dict[str, float]:

@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 
+import httpx
 from prefect import get_run_logger, task
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
@@ -24,32 +26,37 @@ from tasks.common import flow_run_info
 # run of the calling thread: the flow's and its task threads' prefect.runtime.flow_run.id.
 launch.run_scope = lambda: str(flow_run.id or "")
 
-# How long one attempt to take a slot blocks before the wait looks up to see whether the run is
-# stopping. Prefect's concurrency() blocks the task's worker thread for the whole
-# timeout_seconds, and a stopping flow joins its worker threads (ThreadPoolTaskRunner.__exit__ ->
-# executor.shutdown(wait=True)), as does interpreter exit: one long wait made SIGTERM and Ctrl-C
-# hang until a slot came free. Attempts of one limit are served one at a time by Prefect's
-# acquisition service, so with N cells waiting a stop takes up to N x this.
+# How long a cell waiting for a slot sleeps between two attempts to take one. Each attempt is a
+# single request that either takes a slot or is refused at once (max_retries=0), never one
+# that blocks: Prefect's concurrency() with a timeout blocks the task's worker thread, and a
+# stopping flow joins its worker threads (ThreadPoolTaskRunner.__exit__ -> shutdown(wait=True)),
+# so a long wait made SIGTERM and Ctrl-C hang; and an attempt cut short by its timeout while the
+# server was granting it leaves that slot taken by nobody until its lease expires (with one
+# slot, every other cell then waits for it).
 SLOT_POLL_S = 1.0
+LOCKED = 423  # the server's answer when every slot is taken
+
+
+def _refused(err: ConcurrencySlotAcquisitionError) -> bool:
+    """Every slot was taken (rather than the server failing)."""
+    cause = err.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == LOCKED
 
 
 class _QuietSlotAttempts(logging.Filter):
-    """Prefect's acquisition service logs each attempt that timed out as an error ("Service
-    'ConcurrencySlotAcquisitionWithLeaseService' failed to process item ..."): with short
-    attempts, one a second for as long as a cell waits. Drop those; keep all else it logs."""
+    """Prefect's acquisition service logs each refused attempt as an error ("Service
+    'ConcurrencySlotAcquisitionWithLeaseService' failed to process item ..."): one a second
+    for as long as a cell waits. Drop those; keep all else it logs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         if len(args) != 2 or args[0] != "ConcurrencySlotAcquisitionWithLeaseService":
             return True
         future = args[1][-1] if isinstance(args[1], tuple) and args[1] else None
-        timed_out = (
-            isinstance(future, Future)
-            and future.done()
-            and not future.cancelled()
-            and isinstance(future.exception(), TimeoutError)
-        )
-        return not timed_out
+        if not (isinstance(future, Future) and future.done() and not future.cancelled()):
+            return True
+        err = future.exception()
+        return not (isinstance(err, httpx.HTTPStatusError) and err.response.status_code == LOCKED)
 
 
 logging.getLogger("prefect._internal.concurrency").addFilter(_QuietSlotAttempts())
@@ -73,23 +80,24 @@ def training_slot(exp: Experiment, what: str, log: Callable[[str], None]) -> Ite
     deadline = started + exp.resources.slot_timeout_s
     log(f"{what}: waiting for one of {exp.resources.max_parallel_cells} training slot(s) ({name})")
     with ExitStack() as held:
-        while True:  # short attempts, so that the wait notices a stop (see SLOT_POLL_S)
+        while True:  # one quick attempt at a time, so that the wait notices a stop
             if launch.stop_requested():
                 raise launch.CellStopped(f"{what}: the run is stopping, stopped waiting for a slot")
-            left = deadline - time.monotonic()
             try:
-                attempt = concurrency(name, occupy=1, timeout_seconds=min(SLOT_POLL_S, left))
-                held.enter_context(attempt)
+                held.enter_context(concurrency(name, occupy=1, max_retries=0))
                 break
-            except TimeoutError as err:
-                if time.monotonic() < deadline:
-                    continue
-                raise SlotTimeout(
-                    f"{what}: no training slot of {name} came free within "
-                    f"resources.slot_timeout_s={exp.resources.slot_timeout_s:g} s (every slot "
-                    "stayed taken; a run that died holding slots is cleaned up when the "
-                    "experiment starts again)"
-                ) from err
+            except ConcurrencySlotAcquisitionError as err:
+                if not _refused(err):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SlotTimeout(
+                        f"{what}: no training slot of {name} came free within "
+                        f"resources.slot_timeout_s={exp.resources.slot_timeout_s:g} s (every "
+                        "slot stayed taken; a run that died holding slots is cleaned up when "
+                        "the experiment starts again)"
+                    ) from err
+                time.sleep(min(SLOT_POLL_S, left))
         log(f"{what}: got a training slot after {time.monotonic() - started:.0f} s")
         yield
 

@@ -1,6 +1,6 @@
 """From cell folders to the results folder the report reads (the contract in
-`orpo/report/tables.py`): meta.json plus cells, win_rates, diversity, judges, curves, logratios
-and samples as parquet.
+`orpo/report/tables.py`): meta.json plus cells, win_rates, diversity, judges, curves, logratios,
+timings and samples as parquet.
 
 Inputs, per cell `runs/<exp>/cells/<cell_id>/`: `result.json` (training finished),
 `failure.json` ({"cell_id", "error"}, written by the orchestrator when a cell failed),
@@ -45,6 +45,7 @@ from orpo.data.counts import manifest_line
 from orpo.data.schema import PreferenceExample, read_jsonl, read_rows
 from orpo.diversity import lexical_diversity, load_embedder
 from orpo.evaluation.cell import (
+    EVALUATION_FILE,
     JUDGES_DIR,
     LOGRATIOS_FILE,
     REWARDS_DIR,
@@ -60,6 +61,7 @@ from orpo.evaluation.mlflow_log import cell_metrics
 from orpo.evaluation.winrates import win_rate_rows
 from orpo.models import PAPER_MODELS, PRESETS
 from orpo.report.tables import CELL_TOTALS, META_FILE, TABLE_COLUMNS, table_file
+from orpo.timing import CELL_PHASES
 
 __all__ = [
     "cell_metrics",
@@ -171,6 +173,36 @@ def _load_rewards(exp: Experiment, cells: list[Cell]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["cell_id", "judge", "prompt_id", "sample_index", "reward"])
     return pd.concat(frames, ignore_index=True)
+
+
+def timing_rows(exp: Experiment, trained: list[Cell], evaluated: list[Cell]) -> list[dict]:
+    """(cell_id, phase, seconds) for orpo.timing's phases: each finished training cell's from
+    its result.json (a phase it predates is left out), each evaluated row's generation and
+    log-ratio seconds from evaluation.json, and its judging seconds summed over its judges."""
+    rows = []
+    for cell in trained:
+        result = _read_json(paths.cell_dir(exp.name, cell.id) / "result.json") or {}
+        rows += [
+            {"cell_id": cell.id, "phase": phase, "seconds": result[phase]}
+            for phase in CELL_PHASES
+            if result.get(phase) is not None
+        ]
+    for cell in evaluated:
+        folder = paths.cell_dir(exp.name, cell.id)
+        evaluation = _read_json(folder / EVALUATION_FILE) or {}
+        rows += [
+            {"cell_id": cell.id, "phase": phase, "seconds": evaluation[phase]}
+            for phase in ("generation_seconds", "logratio_seconds")
+            if evaluation.get(phase) is not None
+        ]
+        judged = [
+            (_read_json(meta) or {}).get("seconds")
+            for meta in sorted((folder / REWARDS_DIR).glob("*.json"))
+        ]
+        if any(s is not None for s in judged):
+            seconds = sum(s for s in judged if s is not None)
+            rows.append({"cell_id": cell.id, "phase": "judge_seconds", "seconds": seconds})
+    return rows
 
 
 def _oracle_rewards(samples: pd.DataFrame, examples: dict[str, PreferenceExample]) -> pd.DataFrame:
@@ -339,6 +371,7 @@ def build_tables(
         "judges": _frame("judges", judge_rows(exp, rewards, examples)),
         "curves": _frame("curves", curve_rows(exp, finished)),
         "logratios": _frame("logratios", logratio_rows(exp, policies)),
+        "timings": _frame("timings", timing_rows(exp, finished, policies)),
         "samples": _frame("samples", table.to_dict("records")),
     }
     failed = [row["cell_id"] for row in cell_rows if row["status"] == "failed"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from orpo.methods import METHOD_NAMES, OTHER_METHODS
+from orpo.timing import PHASES
 
 META_FILE = "meta.json"
 
@@ -95,6 +96,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "log_odds_ratio",
         "log_prob_ratio",
     ),
+    # one row per cell and orpo.timing phase it went through
+    "timings": ("cell_id", "phase", "seconds"),
     "samples": (
         "cell_id",
         "method",
@@ -120,6 +123,7 @@ NUMERIC_COLUMNS = frozenset(
         "forward_passes",
         "tokens",
         "wall_seconds",
+        "seconds",
         "peak_rss_mb",
         "best_eval_loss",
         "steps",
@@ -155,6 +159,7 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("curves", "method"): METHODS,
     ("logratios", "method"): METHODS,
     ("samples", "method"): METHODS,
+    ("timings", "phase"): PHASES,
 }
 
 
@@ -188,6 +193,7 @@ class Results:
     curves: pd.DataFrame
     logratios: pd.DataFrame
     samples: pd.DataFrame
+    timings: pd.DataFrame
     missing: dict[str, str]  # table name -> why it has no rows ("file not found", "no rows")
 
     def table(self, name: str) -> pd.DataFrame:

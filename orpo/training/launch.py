@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from orpo.timing import LAUNCHED_AT_ENV
 from orpo.training.job import CellJob
 
 
@@ -77,6 +79,7 @@ def launch_env(job: CellJob) -> dict[str, str]:
         busy = job.resources.procs_per_cell * job.resources.max_parallel_cells
         threads = max(1, (os.cpu_count() or 1) // busy)
     env["OMP_NUM_THREADS"] = str(threads)
+    env[LAUNCHED_AT_ENV] = repr(time.time())  # the worker's start-up is measured from here
     return env
 
 

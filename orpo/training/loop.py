@@ -54,7 +54,8 @@ class LoopState:
     forward_passes: int = 0
     eval_forward_passes: int = 0
     tokens: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # optimizer steps
+    eval_seconds: float = 0.0  # the rest of the loop: evaluation, checkpoints, logging
     last_train_loss: float = math.nan
     resumed_from: int | None = None
 
@@ -67,6 +68,7 @@ class LoopState:
             "eval_forward_passes",
             "tokens",
             "train_seconds",
+            "eval_seconds",
             "last_train_loss",
         )
         return {k: getattr(self, k) for k in keys}
@@ -173,9 +175,11 @@ def run_loop(
     if state.step == 0:
         # Where every method starts, so the dynamics plots show what training changed. Not a
         # candidate for the best checkpoint: a cell keeps weights it trained.
+        t0 = time.perf_counter()
         eval_metrics, n_fwd = evaluate(engine, data, obj_cfg, ref_eval, cfg.eval_batch_size)
         state.eval_forward_passes += n_fwd * engine.world_size
         sink.log_metrics(0, eval_metrics)
+        state.eval_seconds += time.perf_counter() - t0
     engine.train(True)
     while state.step < cfg.total_steps:
         t0 = time.perf_counter()
@@ -234,6 +238,7 @@ def run_loop(
             sink.flush()  # buffered metrics up to the checkpoint survive a crash after it
         if progress is not None:
             progress(step, metrics)
+        state.eval_seconds += time.perf_counter() - t0 - elapsed
     sink.flush()
     return state
 

@@ -33,6 +33,7 @@ from orpo.models import (
     save_model,
     trainable_parameters,
 )
+from orpo.timing import Phases, startup_seconds
 from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
 from orpo.training.engine import DeepSpeedEngine
@@ -197,6 +198,7 @@ def make_progress(total: int, rank: int, log):
 
 def train(job: CellJob) -> dict:
     started = time.time()
+    phases, load_started = Phases(), time.perf_counter()
     out = Path(job.out_dir)
     rank = int(os.environ.get("RANK", "0"))
 
@@ -245,10 +247,12 @@ def train(job: CellJob) -> dict:
             sinks.append(MlflowSink(job.mlflow_run_id, job.tracking_uri))
         sink = TeeSink(sinks)
     sink.log_params(job.training_params())
+    phases.add("load_seconds", time.perf_counter() - load_started)
     ref, cache_hit = (None, None)
     ref_passes = 0
     if needs_reference(job.cell.stage):
-        ref, cache_hit = reference_logps(engine, data, job, log)
+        with phases("reference_seconds"):
+            ref, cache_hit = reference_logps(engine, data, job, log)
         if not cache_hit:
             ref_passes = sum(
                 len(shard_batches(len(items), REFERENCE_BATCH_SIZE, 0, world)) * world
@@ -262,14 +266,17 @@ def train(job: CellJob) -> dict:
     )
     model_dir = out / "model"
     with_adapters = _adapters(job)
-    engine.export(
-        ckpt_dir,
-        "best",
-        build_model=lambda: with_adapters(
-            build_model(init, tokenizer, kind=kind, seed=0, trust_remote_code=job.trust_remote_code)
-        ),
-        save=lambda m: save_model(merge_lora(m), tokenizer, model_dir),  # a plain checkpoint
-    )
+    with phases("export_seconds"):
+        engine.export(
+            ckpt_dir,
+            "best",
+            build_model=lambda: with_adapters(
+                build_model(
+                    init, tokenizer, kind=kind, seed=0, trust_remote_code=job.trust_remote_code
+                )
+            ),
+            save=lambda m: save_model(merge_lora(m), tokenizer, model_dir),  # a plain checkpoint
+        )
     rss = max(engine.all_gather_object(peak_rss_mb()))
     gpu = [mb for mb in engine.all_gather_object(peak_gpu_mb()) if mb is not None]
     result = {
@@ -295,6 +302,11 @@ def train(job: CellJob) -> dict:
         "tokens": state.tokens,
         "train_seconds": state.train_seconds,
         "wall_seconds": time.time() - started,
+        # orpo.timing's phases; a resumed cell's steps and evaluation count over its attempts
+        "startup_seconds": startup_seconds(started),
+        "reference_seconds": 0.0,
+        "eval_seconds": state.eval_seconds,
+        **phases.seconds,  # load, reference and export seconds
         "peak_rss_mb": rss,
         "peak_gpu_mb": max(gpu) if gpu else None,  # the largest rank's; None on CPU
         "used_reference_cache": cache_hit,

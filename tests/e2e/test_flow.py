@@ -8,6 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from orpo.timing import CELL_PHASES, EVAL_PHASES
 from tests.faults import inject
 from tests.micro import MICRO
 
@@ -84,6 +85,15 @@ def test_first_run_trains_every_cell_and_reports(env):
     assert "Controls" in page and "Judges, best first" in page and "p (Holm)" in page
     cells = pd.read_parquet(results / "cells.parquet")
     assert set(cells.status) == {"completed"}
+    # where the time went: every phase timed, per cell in MLflow, summed in the report
+    timings = pd.read_parquet(results / "timings.parquet")
+    dpo = timings[timings.cell_id == "dpo-opt-tiny-b0.1-s0"].set_index("phase")["seconds"]
+    assert set(dpo.index) == {*CELL_PHASES, *EVAL_PHASES} and (dpo > 0).all(), dpo
+    result = json.loads((home / "runs/micro/cells/dpo-opt-tiny-b0.1-s0/result.json").read_text())
+    parts = sum(result[p] for p in CELL_PHASES if p != "startup_seconds")
+    assert parts <= result["wall_seconds"] < parts + 1.0  # the phases cover the worker's time
+    assert children["dpo-opt-tiny-b0.1-s0"].data.metrics["cell/startup_seconds"] > 0
+    assert "Where the time goes" in page
 
 
 def test_report_rerenders_from_mlflow_without_training(env):

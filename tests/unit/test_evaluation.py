@@ -201,6 +201,7 @@ def _write_cell(exp, cell_id: str, test, rewards: list[float] | None) -> None:
     (folder / "result.json").write_text(json.dumps({
         "cell_id": cell_id, "status": "completed", "steps": 3, "best_eval_loss": 1.5,
         "forward_passes": 3, "tokens": 300, "wall_seconds": 2.0, "peak_rss_mb": 500.0,
+        "startup_seconds": 3.0, "train_seconds": 1.5, "reference_seconds": None,
     }))  # fmt: skip
     write_rows([{"step": s, "train/loss": 2.0 - s / 10, "train/logp_chosen": -2 + s / 10,
                  "train/logp_rejected": -2 - s / 10} for s in (1, 2, 3)],
@@ -232,7 +233,7 @@ def _write_cell(exp, cell_id: str, test, rewards: list[float] | None) -> None:
     name = judge_name(exp)
     write_rows(scored, rewards_path(exp, cell_id, name))
     rewards_path(exp, cell_id, name).with_suffix(".json").write_text(
-        json.dumps({"judge": name, "key": "k"})
+        json.dumps({"judge": name, "key": "k", "seconds": 0.25})
     )
     write_rows([{"pair_id": ex.id, "logp_chosen": -1.0, "logp_rejected": -2.0,
                  "log_prob_ratio": 1.0, "log_odds_ratio": 1.5} for ex in test],
@@ -283,6 +284,16 @@ def test_collect_writes_every_contract_table(results):
     assert loaded.meta.judge == "reward-model:rm-opt-tiny-s0"
     assert loaded.meta.models == ["opt-tiny"] and loaded.meta.seeds == [0, 1]
     assert "hi" in loaded.meta.notes
+
+
+def test_timings_come_from_each_cells_records(results):
+    _, _, loaded = results
+    timings = loaded.timings
+    orpo = timings[timings["cell_id"] == "orpo-opt-tiny-l0.1-s0"].set_index("phase")["seconds"]
+    # recorded phases only: no reference pass (None), no evaluation.json here
+    assert orpo.to_dict() == {"startup_seconds": 3.0, "train_seconds": 1.5, "judge_seconds": 0.25}
+    assert set(timings[timings["cell_id"] == RM]["phase"]) == {"startup_seconds", "train_seconds"}
+    assert FAILED not in set(timings["cell_id"])  # a failed cell has no finished phases
 
 
 def test_failed_and_missing_cells_are_listed(results):

@@ -415,3 +415,16 @@ def test_the_data_rows_cleaning_kept_and_dropped_are_shown(tmp_path):
     (results_dir / "meta.json").write_text(json.dumps({**meta, "data_rows": line}))
     page = render_from(results_dir)
     assert "Data rows" in page and "kept 3 of 5 pairs" in page
+
+
+@unit
+def test_the_compute_section_says_where_the_time_goes(tmp_path):
+    folder = write_fixture_results(tmp_path / "results")
+    n = load_results(folder).timings["cell_id"].nunique()
+    html = render_report(folder, tmp_path / "index.html").read_text()
+    compute = html[html.index('id="compute"') :]
+    assert "Where the time goes" in compute
+    # 5 phases of fixed seconds per cell: start-up 4 of 15 s is 26.7% of the summed time
+    assert f"<td>cell start-up (launcher, interpreter, imports)</td><td>{n}</td>" in compute
+    assert f"<td>{4.0 * n:,.1f}</td><td>26.7%</td>" in compute
+    assert "reference log-probs" not in compute  # a phase no cell went through has no row

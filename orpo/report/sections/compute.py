@@ -15,6 +15,7 @@ from orpo.report.labels import (
 from orpo.report.markup import Safe, guide, join, note, num, table, tag
 from orpo.report.sections.common import missing_note
 from orpo.report.tables import Results
+from orpo.timing import PHASE_LABELS, breakdown
 
 SECTION_ID = "compute"
 TITLE = "7. Compute"
@@ -34,6 +35,38 @@ def render(results: Results) -> Safe:
             _per_method_table(finished, results.meta.models),
             tag("h3", "Whole pipeline: ORPO vs SFT then DPO"),
             _pipeline_table(finished, results.meta.models),
+            tag("h3", "Where the time goes"),
+            _time_table(results),
+        ]
+    )
+
+
+def _time_table(results: Results) -> Safe:
+    rows = breakdown(results.timings.to_dict("records"))
+    if not rows:
+        return note("No phase timings were recorded (results from before they existed).")
+    return join(
+        [
+            table(
+                ["Phase", "Cells or rows", "Seconds", "Share", "Mean s each"],
+                [
+                    [
+                        PHASE_LABELS[r["phase"]],
+                        r["items"],
+                        num(r["seconds"], ",.1f"),
+                        num(100 * r["share"], ".1f") + "%",
+                        num(r["mean_seconds"], ",.2f"),
+                    ]
+                    for r in rows
+                ],
+            ),
+            guide(
+                "seconds summed over the reported cells and evaluated rows, each phase as the cell "
+                "or row took it when it ran (a cell reused from an earlier run counts what it took "
+                "then); cells that ran in parallel sum beyond the run's wall time. Start-up runs "
+                "from the launch to the worker's first line of training code; set-up loads data, "
+                "model and engine; optimizer steps are what the benchmark times."
+            ),
         ]
     )
 

@@ -1,0 +1,119 @@
+"""Where a run's time goes: each phase has one name, from a cell's result.json (and an evaluated
+cell's evaluation.json and judge record) through MLflow to the report and the end-of-run log.
+
+A training cell's wall time splits into
+  startup_seconds    launch -> the worker's training code runs: torchrun, the interpreter, imports
+  load_seconds       tokenizer, data, model, engine (process group, ZeRO-3 partitioning)
+  reference_seconds  the reference model's log-prob pass (DPO, IPO; 0 on a cache hit)
+  train_seconds      optimizer steps (what `orpo bench` divides by the step count)
+  eval_seconds       the rest of the loop: held-out evaluation, checkpoints, logging
+  export_seconds     consolidating the ZeRO-3 shards and writing the model folder
+and an evaluated row's time into generation, log-ratio and judging seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+
+# set by the launcher to the wall clock at launch; the worker subtracts it to get its start-up
+LAUNCHED_AT_ENV = "ORPO_LAUNCHED_AT"
+
+CELL_PHASES = (
+    "startup_seconds",
+    "load_seconds",
+    "reference_seconds",
+    "train_seconds",
+    "eval_seconds",
+    "export_seconds",
+)
+EVAL_PHASES = ("generation_seconds", "logratio_seconds", "judge_seconds")
+PHASES = CELL_PHASES + EVAL_PHASES
+
+PHASE_LABELS = {
+    "startup_seconds": "cell start-up (launcher, interpreter, imports)",
+    "load_seconds": "cell set-up (data, model, engine)",
+    "reference_seconds": "reference log-probs",
+    "train_seconds": "optimizer steps",
+    "eval_seconds": "held-out evaluation and checkpoints",
+    "export_seconds": "consolidation and export",
+    "generation_seconds": "generation",
+    "logratio_seconds": "held-out log-ratios",
+    "judge_seconds": "judging",
+}
+
+
+def startup_seconds(entered: float) -> float | None:
+    """Seconds from the launcher's start of this cell to `entered` (a time.time()), or None
+    when the worker was not started by the launcher (in-process runs, tests)."""
+    launched = os.environ.get(LAUNCHED_AT_ENV)
+    return max(0.0, entered - float(launched)) if launched else None
+
+
+class Phases:
+    """Wall-clock seconds per phase: `with phases("load_seconds"): ...` adds to that phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str) -> _Timer:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
+        return _Timer(self, phase)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+class _Timer:
+    def __init__(self, phases: Phases, phase: str) -> None:
+        self.phases, self.phase = phases, phase
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.phases.add(self.phase, time.perf_counter() - self.started)
+
+
+def breakdown(rows: Iterable[Mapping]) -> list[dict]:
+    """Rows `{"cell_id", "phase", "seconds"}` -> per phase (in PHASES order, phases with no rows
+    left out): the number of cells or rows it covers, summed seconds, its share of the summed
+    total and the mean per item. Cells that ran in parallel sum beyond the wall time."""
+    totals: dict[str, list[float]] = {}
+    for row in rows:
+        if row["seconds"] is None:
+            continue
+        totals.setdefault(row["phase"], []).append(float(row["seconds"]))
+    grand = sum(sum(v) for v in totals.values()) or 1.0
+    return [
+        {
+            "phase": phase,
+            "items": len(totals[phase]),
+            "seconds": sum(totals[phase]),
+            "share": sum(totals[phase]) / grand,
+            "mean_seconds": sum(totals[phase]) / len(totals[phase]),
+        }
+        for phase in PHASES
+        if phase in totals
+    ]
+
+
+def breakdown_lines(
+    rows: Iterable[Mapping], wall_seconds: float, setup_seconds: float, report_seconds: float
+) -> str:
+    """The end-of-run log block: the flow's wall time, its set-up and report, then each phase
+    summed over the reported cells (see `breakdown`)."""
+    lines = [
+        f"time: {wall_seconds:,.1f} s wall in the flow: {setup_seconds:,.1f} s set-up (config, "
+        f"tracking, data), {report_seconds:,.1f} s collecting results and rendering the report; "
+        "per phase, summed over the reported cells (a cell reused from an earlier run counts "
+        "what it took then; cells in parallel sum beyond the wall time):"
+    ]
+    for row in breakdown(rows):
+        lines.append(
+            f"  {PHASE_LABELS[row['phase']]:<46}{row['seconds']:>10,.1f} s {row['share']:>6.1%}"
+            f"  ({row['items']} x {row['mean_seconds']:,.2f} s)"
+        )
+    return "\n".join(lines)
