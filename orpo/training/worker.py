@@ -304,7 +304,7 @@ def train(job: CellJob) -> dict:
         "wall_seconds": time.time() - started,
         # orpo.timing's phases; a resumed cell's steps and evaluation count over its attempts
         "startup_seconds": startup_seconds(started),
-        "reference_seconds": 0.0,
+        "reference_seconds": None,  # a method without a reference has no such phase
         "eval_seconds": state.eval_seconds,
         **phases.seconds,  # load, reference and export seconds
         "peak_rss_mb": rss,

@@ -243,6 +243,17 @@ def test_launch_command_torchrun(tmp_path):
     assert cmd[-3:] == ["-m", "orpo.training.worker", str(job_path)]
 
 
+def test_one_local_process_runs_the_worker_itself(tmp_path):
+    job_path = tmp_path / "job.json"
+    assert launch_command(job_path, procs=1, hostfile=None, port=29777) == [
+        sys.executable, "-m", "orpo.training.worker", str(job_path)
+    ]  # fmt: skip
+    env = launch.single_process_env(29777)
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"]) == ("0", "1", "29777")
+    # a hostfile keeps the deepspeed launcher even for one process per host
+    assert launch_command(job_path, procs=1, hostfile="/h", port=1)[0] == "deepspeed"
+
+
 def test_launch_command_hostfile(tmp_path):
     job_path = tmp_path / "job.json"
     cmd = launch_command(job_path, procs=4, hostfile="/etc/hosts.ds", port=29801)
