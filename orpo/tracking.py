@@ -47,8 +47,9 @@ CELL_METRICS = (*CELL_TOTALS, *CELL_PHASES)
 
 
 def cell_totals(result: Mapping) -> dict[str, float]:
-    """A cell's totals from its result.json as the MLflow metrics `cell/<name>`."""
-    return {f"cell/{k}": result[k] for k in CELL_METRICS if k in result}
+    """A cell's totals from its result.json as the MLflow metrics `cell/<name>` (a phase the
+    cell did not go through, None there, is not logged)."""
+    return {f"cell/{k}": result[k] for k in CELL_METRICS if result.get(k) is not None}
 
 
 class NullSink:

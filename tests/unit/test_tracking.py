@@ -29,3 +29,10 @@ def test_an_experiment_created_by_another_run_meanwhile_is_found_not_an_error(
     found = tracking.ensure_experiment("raced", uri)
     assert found == lookup(other, "raced").experiment_id
     assert len(calls) == 2  # looked up again after the create was refused
+
+
+def test_cell_totals_leave_out_phases_a_cell_did_not_go_through():
+    from orpo.tracking import cell_totals
+
+    totals = cell_totals({"tokens": 10, "train_seconds": 1.5, "reference_seconds": None})
+    assert totals == {"cell/tokens": 10, "cell/train_seconds": 1.5}
