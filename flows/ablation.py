@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_client, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
@@ -27,7 +28,7 @@ from orpo.config import (
     load_experiment,
     rm_cell_id,
 )
-from orpo.report.tables import load_results
+from orpo.report.tables import table_file
 from orpo.timing import breakdown_lines
 from orpo.training.launch import stop_live_cells
 from tasks.common import flow_run_info
@@ -115,7 +116,8 @@ def orpo_ablation(
         raise
     finally:
         live_runs.unregister(exp.name, this_run)
-    timings = load_results(paths.results_dir(exp.name)).timings.to_dict("records")
+    timings = pd.read_parquet(paths.results_dir(exp.name) / table_file("timings"))  # this one table
+    timings = timings.to_dict("records")
     wall = time.monotonic() - started
     logger.info(breakdown_lines(timings, wall, setup_seconds, report_seconds))
     tracking.end_run(parent, "FAILED" if unfinished else "FINISHED")

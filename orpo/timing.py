@@ -2,9 +2,9 @@
 cell's evaluation.json and judge record) through MLflow to the report and the end-of-run log.
 
 A training cell's wall time splits into
-  startup_seconds    launch -> the worker's training code runs: torchrun, the interpreter, imports
+  startup_seconds    launch -> the worker's training code runs: launcher, interpreter, imports
   load_seconds       tokenizer, data, model, engine (process group, ZeRO-3 partitioning)
-  reference_seconds  the reference model's log-prob pass (DPO, IPO; 0 on a cache hit)
+  reference_seconds  the reference model's log-prob pass (DPO, IPO; a cache hit only loads it)
   train_seconds      optimizer steps (what `orpo bench` divides by the step count)
   eval_seconds       the rest of the loop: held-out evaluation, checkpoints, logging
   export_seconds     consolidating the ZeRO-3 shards and writing the model folder

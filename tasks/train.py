@@ -37,10 +37,9 @@ SLOT_POLL_S = 1.0
 LOCKED = 423  # the server's answer when every slot is taken
 
 
-def _refused(err: ConcurrencySlotAcquisitionError) -> bool:
-    """Every slot was taken (rather than the server failing)."""
-    cause = err.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == LOCKED
+def _locked(err: BaseException | None) -> bool:
+    """The server's refusal because every slot was taken (rather than a failure)."""
+    return isinstance(err, httpx.HTTPStatusError) and err.response.status_code == LOCKED
 
 
 class _QuietSlotAttempts(logging.Filter):
@@ -55,8 +54,7 @@ class _QuietSlotAttempts(logging.Filter):
         future = args[1][-1] if isinstance(args[1], tuple) and args[1] else None
         if not (isinstance(future, Future) and future.done() and not future.cancelled()):
             return True
-        err = future.exception()
-        return not (isinstance(err, httpx.HTTPStatusError) and err.response.status_code == LOCKED)
+        return not _locked(future.exception())
 
 
 logging.getLogger("prefect._internal.concurrency").addFilter(_QuietSlotAttempts())
@@ -87,7 +85,7 @@ def training_slot(exp: Experiment, what: str, log: Callable[[str], None]) -> Ite
                 held.enter_context(concurrency(name, occupy=1, max_retries=0))
                 break
             except ConcurrencySlotAcquisitionError as err:
-                if not _refused(err):
+                if not _locked(err.__cause__):
                     raise
                 left = deadline - time.monotonic()
                 if left <= 0:
