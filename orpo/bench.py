@@ -7,7 +7,13 @@ measures seconds per optimizer step, tokens/s, forward passes per step and peak 
   worker), start-up excluded: the figures come from the worker's result.json
   (train_seconds / steps; evaluation, checkpoints and consolidation are not in train_seconds);
 - plain torch in one process (TorchEngine + run_loop, no launcher, no checkpoints): the floor.
-  It runs in a fresh spawned interpreter per cell so that its peak RSS is its own.
+  It runs in a fresh spawned interpreter per cell so that its peak RSS is its own;
+- with `against_trl`, TRL's ORPOTrainer and DPOTrainer on the floor's model, rows and settings
+  (orpo.bench_trl), and a table of our tokens/s against TRL's per method.
+
+Peak RSS comes twice: over the whole cell, and by the end of the last optimizer step ("step
+peak"), which leaves out what only a real cell does after training (the final checkpoint, the
+ZeRO-3 consolidation and export) and so compares the engines' training memory.
 
 The global batch is the same everywhere (2 processes run half the micro-batch each). Writes
 `bench.json` and the markdown table `bench.md` into `out_dir`. A benchmark, not a test: the
@@ -39,6 +45,7 @@ DATA = {
 }
 LR = {"sft": 1e-3, "dpo": 2e-4, "orpo": 1e-3}
 ENGINES = (("zero3", 1), ("zero3", 2), ("torch", 1))
+ENGINE_NAMES = {"zero3": "ZeRO-3", "torch": "plain torch", "trl": "TRL"}
 
 
 def _experiment(name: str, models, steps: int, procs: int):
@@ -120,12 +127,14 @@ def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict
         "steps": result["steps"],
         "seconds_per_step": result["train_seconds"] / steps,
         "tokens_per_s": tokens_per_s,
+        "tokens_per_step": result["tokens"] / steps,
         "model_tflops": flops / 1e12 if flops else None,
         # against the device's bf16 peak, summed over processes' devices; None on CPU
         "mfu": flops / (peak * procs) if flops and peak else None,
         "forward_passes_per_step": train_passes / steps,  # summed over processes
         "reference_forward_passes": result.get("reference_forward_passes", 0),
         "peak_rss_mb": result["peak_rss_mb"],  # per process (the largest rank's)
+        "step_peak_rss_mb": result.get("step_peak_rss_mb"),  # by the last step's end
         "peak_gpu_mb": result.get("peak_gpu_mb"),  # torch's allocator peak; None on CPU
         "wall_seconds": result.get("wall_seconds"),
         # other processes on the machine slow every figure down, badly so for OpenMP threads
@@ -144,6 +153,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
         hf_logging.disable_progress_bar()  # "Loading weights" bars of the DPO init model
         from orpo.methods import needs_reference
         from orpo.models import build_model, count_parameters
+        from orpo.timing import peak_rss_mb
         from orpo.tracking import NullSink
         from orpo.training.batches import load_stage_data, total_steps
         from orpo.training.engine import TorchEngine
@@ -154,7 +164,6 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
             model_kind,
             objective_config,
             peak_gpu_mb,
-            peak_rss_mb,
             reference_logps,
             resolve_tokenizer,
         )
@@ -189,6 +198,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
                 "forward_passes": state.forward_passes + ref_passes,
                 "reference_forward_passes": ref_passes,
                 "peak_rss_mb": peak_rss_mb(),
+                "step_peak_rss_mb": state.step_peak_rss_mb,
                 "peak_gpu_mb": peak_gpu_mb(),
                 "parameters": n_params,
                 "wall_seconds": time.time() - started,
@@ -226,6 +236,7 @@ def render_table(report: dict) -> str:
         "",
         f"{m['cpus']} CPUs ({m['processor'] or m['machine']}), torch {m['torch']}, "
         f"deepspeed {m['deepspeed']}, "
+        + (f"TRL {s['trl']}, " if s.get("trl") else "")
         + (
             f"{m['gpu']}, ZeRO-3 rows in bf16, the plain-torch floor in fp32"
             if m.get("gpu")
@@ -241,8 +252,9 @@ def render_table(report: dict) -> str:
         "CPU count, other work was competing and the row is slower than the machine can do).",
         "",
         "| model | params | method | engine | procs | s/step | tokens/s | fwd/step | ref fwd "
-        "| peak RSS MB | peak GPU MB | vs torch | model TFLOP/s | MFU | load |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB | step peak RSS MB | peak GPU MB | vs torch | step RSS vs torch "
+        "| model TFLOP/s | MFU | load |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     floors = {
         (r["model"], r["method"]): r
@@ -252,27 +264,61 @@ def render_table(report: dict) -> str:
     for r in report["rows"]:
         if "error" in r:
             lines.append(
-                f"| {r['model']} | - | {r['method']} | {r['engine']} | {r['procs']} | "
-                f"failed: {r['error'][:80]} | | | | | | | | | |"
+                f"| {r['model']} | - | {r['method']} | {ENGINE_NAMES[r['engine']]} | {r['procs']} | "
+                f"failed: {r['error'][:80]} | | | | | | | | | | | |"
             )
             continue
         floor = floors.get((r["model"], r["method"]))
-        ratio = (
-            f"{r['seconds_per_step'] / floor['seconds_per_step']:.2f}x"
-            if floor and floor["seconds_per_step"] > 0
-            else "-"
-        )
+        ratio = _ratio(r, floor, "seconds_per_step")
+        rss_ratio = _ratio(r, floor, "step_peak_rss_mb")
         params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
-        engine = "ZeRO-3" if r["engine"] == "zero3" else "plain torch"
         lines.append(
-            f"| {r['model']} | {params} | {r['method']} | {engine} | {r['procs']} | "
-            f"{r['seconds_per_step']:.3f} | {_fmt(r['tokens_per_s'])} | "
+            f"| {r['model']} | {params} | {r['method']} | {ENGINE_NAMES[r['engine']]} | "
+            f"{r['procs']} | {r['seconds_per_step']:.3f} | {_fmt(r['tokens_per_s'])} | "
             f"{r['forward_passes_per_step']:g} | {r['reference_forward_passes']} | "
-            f"{_fmt(r['peak_rss_mb'])} | {_optional(r.get('peak_gpu_mb'), ',.0f')} | {ratio} | "
+            f"{_fmt(r['peak_rss_mb'])} | {_fmt(r.get('step_peak_rss_mb'))} | "
+            f"{_optional(r.get('peak_gpu_mb'), ',.0f')} | {ratio} | {rss_ratio} | "
             f"{_optional(r.get('model_tflops'), '.3f')} | "
             f"{_optional(r.get('mfu'), '.1%')} | {r.get('load_avg_1m', '-')} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _trl_table(report["rows"])) + "\n"
+
+
+def _ratio(row: dict, floor: dict | None, key: str) -> str:
+    if not floor or not floor.get(key) or row.get(key) is None:
+        return "-"
+    return f"{row[key] / floor[key]:.2f}x"
+
+
+def _trl_table(rows: list[dict]) -> list[str]:
+    """Our engines' tokens/s against TRL's on the same model, rows and settings, per method."""
+    ok = [r for r in rows if "error" not in r]
+    trl = {(r["model"], r["method"]): r for r in ok if r["engine"] == "trl"}
+    if not trl:
+        return []
+    lines = [
+        "",
+        "## Against TRL",
+        "",
+        "Tokens/s of each of our engines divided by TRL's on the same model, training rows, "
+        "batch, lengths and optimiser (above 1: ours is faster). Each side counts the "
+        "unpadded tokens it fed the model; 'tokens/step' shows both saw the same shapes.",
+        "",
+        "| model | method | TRL s/step | TRL tokens/s | TRL tokens/step | engine | procs "
+        "| tokens/s | tokens/step | vs TRL |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in ok:
+        anchor = trl.get((r["model"], r["method"]))
+        if anchor is None or r["engine"] == "trl":
+            continue
+        lines.append(
+            f"| {r['model']} | {r['method']} | {anchor['seconds_per_step']:.3f} | "
+            f"{_fmt(anchor['tokens_per_s'])} | {_fmt(anchor['tokens_per_step'])} | "
+            f"{ENGINE_NAMES[r['engine']]} | {r['procs']} | {_fmt(r['tokens_per_s'])} | "
+            f"{_fmt(r['tokens_per_step'])} | {r['tokens_per_s'] / anchor['tokens_per_s']:.2f}x |"
+        )
+    return lines
 
 
 def _optional(value, spec: str) -> str:
@@ -295,10 +341,36 @@ def _machine() -> dict:
     }
 
 
-def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium")) -> Path:
-    """Measure every (model, method, engine) cell; write bench.json and bench.md into out_dir
-    and return the path of bench.md."""
-    from orpo import paths
+def parse_engine(text: str) -> tuple[str, int]:
+    """'zero3x2' -> ("zero3", 2); 'torch' -> ("torch", 1)."""
+    for engine, procs in ENGINES:
+        if text in (f"{engine}x{procs}", engine if procs == 1 else None):
+            return engine, procs
+    names = ", ".join(f"{e}x{p}" for e, p in ENGINES)
+    raise ValueError(f"engine {text!r}: choose from {names}")
+
+
+def check_selection(methods, engines) -> None:
+    """Bad selections fail before anything trains, naming the value."""
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"method {method!r}: choose from {', '.join(METHODS)}")
+    if "dpo" in methods and ("sft" not in methods or ("zero3", 1) not in engines):
+        # every engine's DPO starts from the SFT model the 1-process ZeRO-3 cell trains
+        raise ValueError("method 'dpo' needs 'sft' and engine zero3x1 in the same run")
+
+
+def run_benchmark(
+    out_dir: Path,
+    steps: int = 8,
+    models=("opt-tiny", "opt-medium"),
+    methods=METHODS,
+    engines=ENGINES,
+    against_trl: bool = False,
+) -> Path:
+    """Measure every selected (model, method, engine) cell, plus TRL's trainers with
+    `against_trl`; write bench.json and bench.md into out_dir and return bench.md's path."""
+    from orpo import bench_trl, paths
     from orpo.config import cell_id, expand_cells
     from orpo.data.prepare import prepare_data
     from orpo.pipeline import make_job, train_cell
@@ -308,13 +380,21 @@ def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium
     out_dir.mkdir(parents=True, exist_ok=True)
     # cells, models and data in a fresh folder (a finished cell would be cached, not re-run);
     # removed afterwards unless a cell failed (its train.log tells why)
+    methods = [m for m in METHODS if m in methods]  # SFT before DPO, whatever the order given
+    engines = [e for e in ENGINES if e in engines]
+    check_selection(methods, engines)
+    trl = bench_trl.require_trl() if against_trl else None
+    if against_trl:
+        engines.append(("trl", 1))
     work = Path(tempfile.mkdtemp(prefix="orpo-bench-"))
     models = list(models)
     report = {
         "settings": {
             "steps": steps,
             "models": models,
-            "methods": list(METHODS),
+            "methods": methods,
+            "engines": [f"{e}x{p}" for e, p in engines],
+            "trl": trl,
             "global_batch": GLOBAL_BATCH,
             "max_length": DATA["max_length"],
             "data": DATA,
@@ -323,7 +403,13 @@ def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rows": [],
     }
-    total = len(models) * len(METHODS) * len(ENGINES)
+    cells = [
+        (engine, procs, method)
+        for engine, procs in engines
+        for method in methods
+        if engine != "trl" or method in bench_trl.TRL_METHODS
+    ]
+    total = len(models) * len(cells)
     done = 0
     began = time.time()
 
@@ -347,12 +433,12 @@ def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2))  # partial results too
 
     with _project_home(work):
-        for engine, procs in ENGINES:
+        for engine, procs in engines:
             exp = _experiment(f"bench-{engine}-{procs}p", models, steps, procs)
             prepare_data(exp, paths.data_dir(exp.name))
             for model in models:
                 failed: set[str] = set()
-                for method in METHODS:
+                for method in [m for e, p, m in cells if (e, p) == (engine, procs)]:
                     cell = next(
                         c for c in expand_cells(exp) if c.model == model and c.stage == method
                     )
@@ -362,11 +448,15 @@ def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium
                         continue
                     job = make_job(exp, cell)
                     try:
+                        if engine in ("torch", "trl") and method == "dpo":
+                            # start from the 1-process ZeRO-3 SFT model, as that DPO cell did
+                            source = paths.cell_dir("bench-zero3-1p", cell_id("sft", model, 0))
+                            job = job.model_copy(update={"init_from": str(source / "model")})
+                        threads = max(1, os.cpu_count() or 1)
                         if engine == "torch":
-                            if method == "dpo":  # start from the 1-process ZeRO-3 SFT model
-                                source = paths.cell_dir("bench-zero3-1p", cell_id("sft", model, 0))
-                                job = job.model_copy(update={"init_from": str(source / "model")})
-                            result = _run_floor(job, threads=max(1, os.cpu_count() or 1))
+                            result = _run_floor(job, threads)
+                        elif engine == "trl":
+                            result = bench_trl.run_trl(job, method, threads)
                         else:
                             result = train_cell(job, on_line=lambda line: None)
                         record({**base, **_row(model, method, engine, procs, result)})
@@ -382,7 +472,7 @@ def run_benchmark(out_dir: Path, steps: int = 8, models=("opt-tiny", "opt-medium
         key=lambda r: (
             models.index(r["model"]),
             METHODS.index(r["method"]),
-            r["engine"] != "torch",
+            ("torch", "trl", "zero3").index(r["engine"]),
             r["procs"],
         )
     )

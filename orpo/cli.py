@@ -155,6 +155,9 @@ def cmd_run(args) -> int:
     # Prefect reads its settings at import: point it at a project-local home first.
     os.environ.setdefault("PREFECT_HOME", str(project_home() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A new project home's temporary server first builds its database: on a cold 2-core
+    # machine that took over Prefect's default 20 s, and the run failed before any cell.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.ablation import run_experiment
 
     # Prefect turns SIGTERM into an exception inside the flow, then re-sends it to the handler
@@ -178,9 +181,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from orpo.bench import run_benchmark
+    from orpo.bench import check_selection, parse_engine, run_benchmark
 
-    run_benchmark(Path(args.out), steps=args.steps, models=args.models)
+    try:
+        engines = [parse_engine(e) for e in args.engines]
+        check_selection(args.methods, engines)
+    except ValueError as err:
+        return _fail(str(err))
+    run_benchmark(
+        Path(args.out),
+        steps=args.steps,
+        models=args.models,
+        methods=args.methods,
+        engines=engines,
+        against_trl=args.against == "trl",
+    )
     return 0
 
 
@@ -257,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--models", nargs="+", default=["opt-tiny", "opt-medium"])
+    p.add_argument("--methods", nargs="+", default=["sft", "dpo", "orpo"])
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=["zero3x1", "zero3x2", "torch"],
+        help="ZeRO-3 with 1 or 2 processes, and the plain-torch floor",
+    )
+    p.add_argument(
+        "--against",
+        choices=["trl"],
+        default=None,
+        help="also run TRL's ORPOTrainer and DPOTrainer on the same model, rows and settings "
+        "(needs the bench extra: pip install -e '.[bench]')",
+    )
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser(
         "serve", help="start Prefect server + workers and the MLflow UI on 127.0.0.1"

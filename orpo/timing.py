@@ -14,6 +14,7 @@ and an evaluated row's time into generation, log-ratio and judging seconds.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Iterable, Mapping
 
@@ -117,3 +118,8 @@ def breakdown_lines(
             f"  ({row['items']} x {row['mean_seconds']:,.2f} s)"
         )
     return "\n".join(lines)
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from orpo.timing import peak_rss_mb
 from orpo.training.batches import Schedule, StageData, shard_batches
 from orpo.training.objectives import (
     OBJECTIVES,
@@ -58,6 +59,9 @@ class LoopState:
     eval_seconds: float = 0.0  # the rest of the loop: evaluation, checkpoints, logging
     last_train_loss: float = math.nan
     resumed_from: int | None = None
+    # peak RSS when the last optimizer step ended, before that step's evaluation and checkpoint
+    # (earlier ones included): what training itself needs, comparable with the benchmark floor
+    step_peak_rss_mb: float | None = None
 
     def client_state(self) -> dict:
         keys = (
@@ -209,6 +213,7 @@ def run_loop(
         lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
         engine.step()  # the boundary step applies the update only once the loss is known finite
         elapsed = time.perf_counter() - t0
+        state.step_peak_rss_mb = peak_rss_mb()
         state.step = step
         state.forward_passes += len(micro_batches) * engine.world_size
         state.tokens += int(seen_tokens)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -33,7 +32,7 @@ from orpo.models import (
     save_model,
     trainable_parameters,
 )
-from orpo.timing import Phases, startup_seconds
+from orpo.timing import Phases, peak_rss_mb, startup_seconds
 from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
 from orpo.training.engine import DeepSpeedEngine
@@ -155,10 +154,6 @@ def _adapters(job: CellJob):
     return (lambda model: add_lora(model, job.lora)) if job.lora else (lambda model: model)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def peak_gpu_mb() -> float | None:
     """Peak memory torch allocated on this process's GPU (None without CUDA). The allocator's
     own cache and the CUDA context are not in it: nvidia-smi shows more."""
@@ -278,6 +273,7 @@ def train(job: CellJob) -> dict:
             save=lambda m: save_model(merge_lora(m), tokenizer, model_dir),  # a plain checkpoint
         )
     rss = max(engine.all_gather_object(peak_rss_mb()))
+    step_rss = [mb for mb in engine.all_gather_object(state.step_peak_rss_mb) if mb is not None]
     gpu = [mb for mb in engine.all_gather_object(peak_gpu_mb()) if mb is not None]
     result = {
         "cell_id": job.cell.id,
@@ -308,6 +304,9 @@ def train(job: CellJob) -> dict:
         "eval_seconds": state.eval_seconds,
         **phases.seconds,  # load, reference and export seconds
         "peak_rss_mb": rss,
+        # by the end of the last optimizer step: no final checkpoint or export; None when
+        # this attempt ran no step (resumed at the end)
+        "step_peak_rss_mb": max(step_rss) if step_rss else None,
         "peak_gpu_mb": max(gpu) if gpu else None,  # the largest rank's; None on CPU
         "used_reference_cache": cache_hit,
         "world_size": world,

@@ -1,0 +1,73 @@
+"""`orpo bench`: what to measure is checked before anything trains, and the tables compare
+engines on what they were given (step time, the training step's memory, tokens against TRL)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orpo.bench import _row, check_selection, parse_engine, render_table
+
+pytestmark = pytest.mark.unit
+
+
+def test_engines_parse_and_a_bad_one_is_named():
+    assert parse_engine("zero3x2") == ("zero3", 2)
+    assert parse_engine("torch") == ("torch", 1) == parse_engine("torchx1")
+    with pytest.raises(ValueError, match="engine 'zero2x1': choose from zero3x1, zero3x2"):
+        parse_engine("zero2x1")
+
+
+def test_dpo_needs_the_sft_cell_it_starts_from():
+    check_selection(["sft", "dpo"], [("zero3", 1), ("torch", 1)])
+    with pytest.raises(ValueError, match="'dpo' needs 'sft' and engine zero3x1"):
+        check_selection(["dpo"], [("zero3", 1)])
+    with pytest.raises(ValueError, match="'dpo' needs 'sft' and engine zero3x1"):
+        check_selection(["sft", "dpo"], [("torch", 1)])
+    with pytest.raises(ValueError, match="method 'kto'"):
+        check_selection(["kto"], [("torch", 1)])
+
+
+def _result(seconds: float, tokens: int, rss: float, step_rss: float) -> dict:
+    return {"steps": 4, "forward_passes": 4, "tokens": tokens, "train_seconds": seconds,
+            "parameters": 1_000, "peak_rss_mb": rss, "step_peak_rss_mb": step_rss}  # fmt: skip
+
+
+def _report(rows: list[dict]) -> dict:
+    return {
+        "settings": {"steps": 4, "global_batch": 16, "max_length": 48},
+        "machine": {
+            "cpus": 2,
+            "processor": "x86_64",
+            "machine": "x86_64",
+            "torch": "2",
+            "deepspeed": "0",
+            "gpu": None,
+        },  # fmt: skip
+        "rows": rows,
+    }
+
+
+def test_ratios_against_the_floor_and_against_trl():
+    rows = [
+        {"model": "m", "method": "orpo", "engine": e, "procs": 1, **_row("m", "orpo", e, 1, r)}
+        for e, r in (
+            ("torch", _result(2.0, 4000, 500, 400)),
+            ("zero3", _result(3.0, 4000, 900, 600)),
+            ("trl", _result(4.0, 4400, 700, 500)),
+        )
+    ]
+    table = render_table(_report(rows))
+    zero3 = next(line for line in table.splitlines() if "| ZeRO-3 | 1 | 0.750 |" in line)
+    assert "| 1.50x | 1.50x |" in zero3  # step time 3/2, step peak RSS 600/400
+    trl_part = table.split("## Against TRL")[1]
+    # TRL: 4400 tokens in 4 s = 1100/s; ZeRO-3: 4000 in 3 s = 1333/s; the floor 2000/s
+    assert "| m | orpo | 1.000 | 1,100 | 1,100 | ZeRO-3 | 1 | 1,333 | 1,000 | 1.21x |" in trl_part
+    assert "| plain torch | 1 | 2,000 | 1,000 | 1.82x |" in trl_part
+
+
+def test_no_trl_table_without_trl_rows_and_failed_rows_span_the_table():
+    failed = {"model": "m", "method": "orpo", "engine": "zero3", "procs": 2, "error": "boom"}
+    table = render_table(_report([failed]))
+    assert "Against TRL" not in table
+    header, row = table.splitlines()[4], table.splitlines()[6]
+    assert header.count("|") == row.count("|")  # a failed row has every column
