@@ -209,9 +209,15 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
 
 
 def _run_floor(job, threads: int) -> dict:
+    return run_spawned(_floor_child, job.model_dump_json(), threads)
+
+
+def run_spawned(target, *args) -> dict:
+    """target(*args, queue) in a fresh interpreter, so that its peak RSS is its own; it puts
+    one result dict, or {"error": ...}, which is raised here."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_floor_child, args=(job.model_dump_json(), threads, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     try:
         result = queue.get(timeout=3600)

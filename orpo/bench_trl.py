@@ -16,7 +16,6 @@ inside). TRL is an optional dependency: `pip install -e '.[bench]'`.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import tempfile
 import time
@@ -77,7 +76,7 @@ class _CountingCollator:
         return sum(self.per_batch[:n_batches])
 
 
-def _trainer(method: str, job, model, tokenizer, steps: int, out_dir: str):
+def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, out_dir: str):
     from datasets import Dataset
 
     from orpo.training.engine import pick_device
@@ -105,7 +104,7 @@ def _trainer(method: str, job, model, tokenizer, steps: int, out_dir: str):
         dataloader_num_workers=0,
         seed=job.cell.seed,
     )
-    data = Dataset.from_list(trl_rows(tokenizer, job.data_dir))
+    data = Dataset.from_list(rows)
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -144,37 +143,39 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
             job.init_from or job.model, tokenizer, kind=model_kind(job), seed=job.cell.seed
         )
         optim = job.optim
-        n_rows = sum(1 for _ in open(Path(job.data_dir) / "train.jsonl"))
+        rows = trl_rows(tokenizer, job.data_dir)
         steps = total_steps(
-            n_rows, optim.epochs, optim.batch_size * optim.grad_accum, optim.max_steps
+            len(rows), optim.epochs, optim.batch_size * optim.grad_accum, optim.max_steps
         )
 
         class StepTimer(TrainerCallback):
-            seconds, steps, rss = 0.0, 0, None
+            def __init__(self):
+                self.seconds, self.steps, self.rss, self.t0 = 0.0, 0, None, 0.0
 
             def on_step_begin(self, args, state, control, **kwargs):
                 self.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
-                StepTimer.seconds += time.perf_counter() - self.t0
-                StepTimer.steps += 1
-                StepTimer.rss = peak_rss_mb()
+                self.seconds += time.perf_counter() - self.t0
+                self.steps += 1
+                self.rss = peak_rss_mb()
 
+        timer = StepTimer()
         with tempfile.TemporaryDirectory(prefix="orpo-bench-trl-") as out_dir:
-            trainer = _trainer(method, job, model, tokenizer, steps, out_dir)
+            trainer = _trainer(method, job, model, tokenizer, rows, steps, out_dir)
             counter = _CountingCollator(trainer.data_collator)
             trainer.data_collator = counter  # set after the reference pass: steps' tokens only
-            trainer.add_callback(StepTimer())
+            trainer.add_callback(timer)
             trainer.train()
         queue.put(
             {
-                "steps": StepTimer.steps,
-                "train_seconds": StepTimer.seconds,
-                "tokens": counter.tokens(StepTimer.steps * optim.grad_accum),
-                "forward_passes": StepTimer.steps * optim.grad_accum,
+                "steps": timer.steps,
+                "train_seconds": timer.seconds,
+                "tokens": counter.tokens(timer.steps * optim.grad_accum),
+                "forward_passes": timer.steps * optim.grad_accum,
                 "reference_forward_passes": 0,  # TRL's precompute pass is not counted
                 "peak_rss_mb": peak_rss_mb(),
-                "step_peak_rss_mb": StepTimer.rss,
+                "step_peak_rss_mb": timer.rss,
                 "peak_gpu_mb": peak_gpu_mb(),
                 "parameters": count_parameters(model),
                 "wall_seconds": time.time() - started,
@@ -186,14 +187,6 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
 
 def run_trl(job, method: str, threads: int) -> dict:
     """One TRL cell in a fresh interpreter; the same result keys as the floor's."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_trl_child, args=(job.model_dump_json(), method, threads, queue))
-    proc.start()
-    try:
-        result = queue.get(timeout=3600)
-    finally:
-        proc.join(timeout=60)
-    if "error" in result:
-        raise RuntimeError(result["error"])
-    return result
+    from orpo.bench import run_spawned
+
+    return run_spawned(_trl_child, job.model_dump_json(), method, threads)
