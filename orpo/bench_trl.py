@@ -1,10 +1,10 @@
 """`orpo bench --against trl`: TRL's ORPOTrainer and DPOTrainer as the outside anchor.
 
 Each TRL cell runs in a fresh spawned interpreter, like the plain-torch floor, on exactly what
-the floor trains, in fp32: the model `build_model` builds for the job (dropout off, the same seed), the
-job's training rows, prompts rendered by `format_prompt` as ours are, the same global batch,
-max_length, learning rate, weight decay, clipping, schedule and torch's AdamW, the same thread
-count. DPO starts from the same SFT model and, like ours, reads reference log-probs computed
+the floor trains, in fp32: the model `build_model` builds for the job (dropout off, the same
+seed), the job's training rows, prompts rendered by `format_prompt` as ours are, the same global
+batch, max_length, learning rate, weight decay, clipping, schedule and torch's AdamW, the same
+thread count. DPO starts from the same SFT model and, like ours, reads reference log-probs computed
 once before training (TRL's `precompute_ref_log_probs`), so a step is the policy's passes only.
 
 What TRL does differently stays as TRL does it (its own tokenisation of the text, its padding,
