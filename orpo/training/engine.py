@@ -60,20 +60,37 @@ def deepspeed_config(
     precision: str,
     n_params: int | None = None,
     largest_param: int | None = None,
+    *,
+    device: str,
 ) -> dict:
-    """DeepSpeed's JSON, from validated fields and what the engine knows: world size and, when
-    given, the model's parameter count and its largest parameter's. Measured on SmolLM2-135M,
-    ORPO, one process, fp32 CPU (benchmarks/zero3-tuning.md): with DeepSpeed's ZeRO-3 defaults
-    the step costs ~1.7x plain torch's peak RSS."""
+    """DeepSpeed's JSON, from validated fields and what the engine knows: world size, device
+    and, when given, the model's parameter count and its largest parameter's. How each
+    generated setting was measured: benchmarks/zero3-tuning.md."""
     zero: dict = {
         "stage": resources.zero_stage,
         "stage3_gather_16bit_weights_on_model_save": True,
     }
+    if resources.zero_stage == 3 and device == "cpu":
+        # ZeRO-3 steps the optimizer on flat fp32 partitions in sub-groups of this many
+        # elements (default 1e9: the whole model at once). On a CPU every elementwise Adam
+        # op over one model-sized tensor allocates model-sized temporaries (fresh, page-
+        # faulted memory each step) and streams them through memory: 2.1 s of a 9.5 s step
+        # at 87M parameters. In 4 MB sub-groups the step took 0.47 s (plain torch: 0.31 s).
+        # Adam is elementwise and the clipping norm is taken over all groups, so the update
+        # is the same.
+        zero["sub_group_size"] = 1_000_000
     if resources.zero_stage == 3 and world_size == 1 and n_params:
         # One process partitions nothing, yet ZeRO-3 releases and re-gathers every parameter
         # through hooks at each forward/backward. Every parameter at or below this threshold
         # stays resident: with the whole model's count, all of them do (no fetch/release).
         zero["stage3_param_persistence_threshold"] = int(n_params)
+        # With every weight resident there is nothing for DeepSpeed's own linear function to
+        # re-gather in the backward pass, and it is slower than torch's: keep torch's.
+        zero["memory_efficient_linear"] = False
+        # Gradients then leave the bucket through one in-place all-reduce of the bucket (a
+        # no-op for one rank) instead of a reduce-scatter that first copies them into a new
+        # flat buffer: 4.42 -> 3.89 s of backward at 87M parameters (plain torch: 3.82 s).
+        zero["reduce_scatter"] = False
         # The gradient bucket is allocated up front with reduce_bucket_size elements (default
         # 5e8 = 2 GB in fp32, far more than this model's gradients). On one process there is
         # nothing to reduce, so a bucket holding the largest parameter (the embedding here; at
@@ -115,6 +132,10 @@ def init_distributed(device: str) -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    # DeepSpeed's CPU accelerator counts its devices from LOCAL_SIZE, which its own launcher
+    # sets and torchrun does not; without it, every ZeRO-3 gradient reduction runs
+    # `numactl --hardware` in a subprocess to count NUMA nodes instead.
+    os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if "MASTER_PORT" not in os.environ:
         from orpo.training.launch import free_port
 
@@ -147,6 +168,7 @@ class DeepSpeedEngine:
             self.precision,
             n_params=sum(numels),
             largest_param=max(numels, default=0),
+            device=self.device_type,
         )
         optimizer = torch.optim.AdamW(
             trainable(model), lr=optim.lr, weight_decay=optim.weight_decay

@@ -135,7 +135,7 @@ def test_shard_batches_equal_counts_and_exact_cover(n, world, batch_size):
 def test_deepspeed_config_comes_from_validated_fields():
     optim = OptimConfig(lr=1e-4, epochs=1, batch_size=4, grad_accum=3, max_grad_norm=0.5)
     resources = ResourcesConfig(zero_stage=2)
-    cfg = deepspeed_config(optim, resources, world_size=2, precision="bf16")
+    cfg = deepspeed_config(optim, resources, world_size=2, precision="bf16", device="cuda")
     assert cfg["train_micro_batch_size_per_gpu"] == 4
     assert cfg["gradient_accumulation_steps"] == 3
     assert cfg["train_batch_size"] == 4 * 3 * 2  # DeepSpeed checks this product
@@ -145,10 +145,40 @@ def test_deepspeed_config_comes_from_validated_fields():
     assert cfg["zero_allow_untested_optimizer"] is True  # torch AdamW, no CPU-Adam compile
     json.dumps(cfg)  # written as ds_config.json
 
-    cfg = deepspeed_config(optim, ResourcesConfig(), world_size=1, precision="fp32")
+    cfg = deepspeed_config(optim, ResourcesConfig(), world_size=1, precision="fp32", device="cpu")
     assert cfg["zero_optimization"]["stage"] == 3  # the default
     assert cfg["bf16"] == {"enabled": False}
     assert cfg["train_batch_size"] == 12
+
+
+def test_zero3_tuning_depends_on_world_size_and_device():
+    optim = OptimConfig(lr=1e-4, epochs=1)
+    zero3 = ResourcesConfig(zero_stage=3)
+
+    def zero(world_size: int, device: str) -> dict:
+        cfg = deepspeed_config(
+            optim, zero3, world_size, "fp32", n_params=5_000_000, largest_param=2_000_000,
+            device=device,
+        )  # fmt: skip
+        return cfg["zero_optimization"]
+
+    one_cpu = zero(1, "cpu")
+    assert one_cpu["stage3_param_persistence_threshold"] == 5_000_000  # every parameter resident
+    assert one_cpu["memory_efficient_linear"] is False  # nothing to re-gather
+    assert one_cpu["reduce_scatter"] is False  # one in-place all-reduce of the bucket
+    assert one_cpu["reduce_bucket_size"] == 2_000_000  # the largest parameter fits
+    assert one_cpu["sub_group_size"] == 1_000_000  # cache-sized optimizer steps on a CPU
+    two_cpu = zero(2, "cpu")
+    assert "stage3_param_persistence_threshold" not in two_cpu  # partitioned: defaults
+    assert "memory_efficient_linear" not in two_cpu
+    assert "reduce_scatter" not in two_cpu  # several ranks: each reduces only its partition
+    assert two_cpu["sub_group_size"] == 1_000_000
+    assert "sub_group_size" not in zero(1, "cuda")  # GPUs keep DeepSpeed's large sub-groups
+    stage2 = deepspeed_config(optim, ResourcesConfig(zero_stage=2), 1, "fp32", 10, 5, device="cpu")
+    assert stage2["zero_optimization"] == {
+        "stage": 2,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
 
 
 def test_misspelt_or_invalid_fields_never_reach_deepspeed():
