@@ -62,3 +62,23 @@ def smollm2_two_layers(smollm2_dir, tmp_path_factory):
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(folder)
     assert load_tokenizer(str(folder)).chat_template
     return str(folder)
+
+
+# --- DeepSpeed in the test's own process ---------------------------------------------------------
+
+
+@pytest.fixture()
+def single_rank(monkeypatch):
+    """The rank variables a launcher would set, for a `DeepSpeedEngine` built in the test's
+    process (monkeypatch restores them); the process group is destroyed afterwards."""
+    import torch.distributed as dist
+
+    from orpo.training.launch import free_port
+
+    for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()

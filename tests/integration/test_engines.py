@@ -17,16 +17,9 @@ from orpo.training.engine import DeepSpeedEngine, TorchEngine
 pytestmark = pytest.mark.integration
 
 
-def test_zero3_one_process_trains_like_plain_torch(monkeypatch):
+def test_zero3_one_process_trains_like_plain_torch(single_rank):
     import deepspeed
-    import torch.distributed as dist
 
-    from orpo.training.launch import free_port
-
-    for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
     tokenizer = train_tokenizer([f"word{i} text{i % 7} more{i % 13}" for i in range(300)], 300)
     # opt-medium has 3.3M parameters: several 1M-element optimizer sub-groups
     model = build_model("opt-medium", tokenizer, seed=0)
@@ -34,34 +27,30 @@ def test_zero3_one_process_trains_like_plain_torch(monkeypatch):
     resources = ResourcesConfig(device="cpu", zero_stage=3)
     floor = TorchEngine(copy.deepcopy(model), optim, resources, total_steps=3)
     zero3 = DeepSpeedEngine(copy.deepcopy(model), optim, resources, total_steps=3)
-    try:
-        zero = zero3.config["zero_optimization"]
-        assert zero["sub_group_size"] < sum(p.numel() for p in model.parameters())
-        assert zero["memory_efficient_linear"] is False
-        assert zero["reduce_scatter"] is False
-        assert torch.nn.functional.linear is torch._C._nn.linear  # not patched by DeepSpeed
-        ids = torch.randint(4, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
-        batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
-        for step in range(3):
-            losses = []
-            for engine in (floor, zero3):
-                loss = engine.forward(**batch).loss
-                engine.backward(loss)
-                engine.step()
-                losses.append(float(loss))
-            assert losses[0] == pytest.approx(losses[1], rel=1e-5), step
-            assert floor.grad_norm() == pytest.approx(zero3.grad_norm(), rel=1e-4), step
-        assert floor.grad_norm() > optim.max_grad_norm  # clipping took part
-        params = list(zero3.module.parameters())
-        with deepspeed.zero.GatheredParameters(params):
-            trained = {n: p.detach().clone() for n, p in zero3.module.named_parameters()}
-        for name, p in floor.module.named_parameters():
-            torch.testing.assert_close(trained[name], p.detach(), rtol=1e-4, atol=1e-5)
-        moved = max(
-            (p.detach() - model.get_parameter(n)).abs().max()
-            for n, p in floor.module.named_parameters()
-        )
-        assert moved > 1e-4  # three real updates, not a comparison of two untouched models
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    zero = zero3.config["zero_optimization"]
+    assert zero["sub_group_size"] < sum(p.numel() for p in model.parameters())
+    assert zero["memory_efficient_linear"] is False
+    assert zero["reduce_scatter"] is False
+    assert torch.nn.functional.linear is torch._C._nn.linear  # not patched by DeepSpeed
+    ids = torch.randint(4, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
+    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    for step in range(3):
+        losses = []
+        for engine in (floor, zero3):
+            loss = engine.forward(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss))
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5), step
+        assert floor.grad_norm() == pytest.approx(zero3.grad_norm(), rel=1e-4), step
+    assert floor.grad_norm() > optim.max_grad_norm  # clipping took part
+    params = list(zero3.module.parameters())
+    with deepspeed.zero.GatheredParameters(params):
+        trained = {n: p.detach().clone() for n, p in zero3.module.named_parameters()}
+    for name, p in floor.module.named_parameters():
+        torch.testing.assert_close(trained[name], p.detach(), rtol=1e-4, atol=1e-5)
+    moved = max(
+        (p.detach() - model.get_parameter(n)).abs().max()
+        for n, p in floor.module.named_parameters()
+    )
+    assert moved > 1e-4  # three real updates, not a comparison of two untouched models

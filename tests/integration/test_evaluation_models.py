@@ -70,44 +70,32 @@ def test_generation_rows_are_seeded_with_greedy_last(tiny):
     assert [r for r in alone if r["sample_index"] == GREEDY_SAMPLE_INDEX] == greedy
 
 
-def test_generation_under_deepspeed_zero3_matches_plain_model(tiny, monkeypatch):
-    """One process, in-process: DeepSpeedEngine sets RANK etc. (monkeypatch restores them)."""
-    import torch.distributed as dist
-
+def test_generation_under_deepspeed_zero3_matches_plain_model(tiny, single_rank):
     from orpo.training.engine import DeepSpeedEngine
-    from orpo.training.launch import free_port
 
     model, tokenizer, prompts = tiny
-    for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
     engine = DeepSpeedEngine(
         copy.deepcopy(model),
         OptimConfig(lr=1e-3, epochs=1),
         ResourcesConfig(device="cpu", zero_stage=3),
         total_steps=1,
     )
-    try:
-        assert all(p.numel() == 0 for p in engine.module.parameters())  # really partitioned
-        ids, mask = left_pad(
-            [prompt_ids(tokenizer, ex, None) for ex in prompts], tokenizer.pad_token_id
-        )
-        greedy = dict(
-            do_sample=False,
-            max_new_tokens=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        with torch.no_grad():
-            zero3_tokens = engine.module.generate(input_ids=ids, attention_mask=mask, **greedy)
-            plain_tokens = model.generate(input_ids=ids, attention_mask=mask, **greedy)
-        assert torch.equal(zero3_tokens, plain_tokens)
-        rows = generate_samples(engine.module, tokenizer, prompts, k=2, batch_size=2, seed=0, **GEN)
-        assert rows == generate_samples(model, tokenizer, prompts, k=2, batch_size=2, seed=0, **GEN)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    assert all(p.numel() == 0 for p in engine.module.parameters())  # really partitioned
+    ids, mask = left_pad(
+        [prompt_ids(tokenizer, ex, None) for ex in prompts], tokenizer.pad_token_id
+    )
+    greedy = dict(
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.no_grad():
+        zero3_tokens = engine.module.generate(input_ids=ids, attention_mask=mask, **greedy)
+        plain_tokens = model.generate(input_ids=ids, attention_mask=mask, **greedy)
+    assert torch.equal(zero3_tokens, plain_tokens)
+    rows = generate_samples(engine.module, tokenizer, prompts, k=2, batch_size=2, seed=0, **GEN)
+    assert rows == generate_samples(model, tokenizer, prompts, k=2, batch_size=2, seed=0, **GEN)
 
 
 # --- a reward-model cell trained for real -----------------------------------------------------
