@@ -70,7 +70,9 @@ def smollm2_two_layers(smollm2_dir, tmp_path_factory):
 @pytest.fixture()
 def single_rank(monkeypatch):
     """The rank variables a launcher would set, for a `DeepSpeedEngine` built in the test's
-    process (monkeypatch restores them); the process group is destroyed afterwards."""
+    process (monkeypatch restores them); the process group is destroyed afterwards, through
+    DeepSpeed, which also forgets the groups it cached (a later engine would use them)."""
+    import deepspeed.comm
     import torch.distributed as dist
 
     from orpo.training.launch import free_port
@@ -81,4 +83,4 @@ def single_rank(monkeypatch):
         monkeypatch.setenv(key, value)
     yield
     if dist.is_initialized():
-        dist.destroy_process_group()
+        deepspeed.comm.destroy_process_group()
