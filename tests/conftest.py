@@ -75,11 +75,9 @@ def single_rank(monkeypatch):
     import deepspeed.comm
     import torch.distributed as dist
 
-    from orpo.training.launch import free_port
+    from orpo.training.launch import free_port, single_process_env
 
-    for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():  # fmt: skip
+    for key, value in {"DS_ACCELERATOR": "cpu", **single_process_env(free_port())}.items():
         monkeypatch.setenv(key, value)
     yield
     if dist.is_initialized():
