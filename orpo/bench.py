@@ -4,8 +4,9 @@ For each method (sft, dpo, orpo) and model (by default the smallest and the larg
 measures seconds per optimizer step, tokens/s, forward passes per step and peak memory (RSS) for
 
 - ZeRO-3 with 1 and with 2 processes, launched for real (pipeline.train_cell -> torchrun ->
-  worker), start-up excluded: the figures come from the worker's result.json
-  (train_seconds / steps; evaluation, checkpoints and consolidation are not in train_seconds);
+  worker), start-up excluded: the figures come from the worker's result.json (the median of
+  its per-step times, `typical_step_seconds`; evaluation, checkpoints and consolidation are
+  outside every step);
 - plain torch in one process (TorchEngine + run_loop, no launcher, no checkpoints): the floor.
   It runs in a fresh spawned interpreter per cell so that its peak RSS is its own;
 - with `against_trl`, TRL's ORPOTrainer and DPOTrainer on the floor's model, rows and settings
@@ -112,10 +113,26 @@ def model_flops(parameters: int | None, tokens_per_s: float) -> float | None:
     return 6 * parameters * tokens_per_s if parameters else None
 
 
+def typical_step_seconds(result: dict) -> float:
+    """The median optimizer step, the first one left out when at least two others remain (it
+    also creates the optimizer's state and touches fresh memory). A median, because on a
+    shared machine single steps stall when another process takes the cores; the mean
+    (train_seconds / steps) where a result has no per-step times."""
+    each = result.get("step_seconds") or []
+    if len(each) >= 3:
+        each = each[1:]
+    if not each:
+        return result["train_seconds"] / max(1, result["steps"])
+    ordered = sorted(each)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict:
     steps = max(1, result["steps"])
     train_passes = result["forward_passes"] - result.get("reference_forward_passes", 0)
-    tokens_per_s = result["tokens"] / max(result["train_seconds"], 1e-9)
+    seconds_per_step = typical_step_seconds(result)
+    tokens_per_s = result["tokens"] / steps / max(seconds_per_step, 1e-9)
     flops = model_flops(result.get("parameters"), tokens_per_s)
     peak = device_peak_flops()
     return {
@@ -125,7 +142,8 @@ def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict
         "procs": procs,
         "parameters": result.get("parameters"),
         "steps": result["steps"],
-        "seconds_per_step": result["train_seconds"] / steps,
+        "seconds_per_step": seconds_per_step,  # the median step
+        "mean_seconds_per_step": result["train_seconds"] / steps,
         "tokens_per_s": tokens_per_s,
         "tokens_per_step": result["tokens"] / steps,
         "model_tflops": flops / 1e12 if flops else None,
@@ -194,6 +212,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
             {
                 "steps": state.step,
                 "train_seconds": state.train_seconds,
+                "step_seconds": state.step_seconds,
                 "tokens": state.tokens,
                 "forward_passes": state.forward_passes + ref_passes,
                 "reference_forward_passes": ref_passes,
@@ -250,7 +269,9 @@ def render_table(report: dict) -> str:
         )
         + f"; {s['steps']} optimizer steps per cell, "
         f"global batch {s['global_batch']} pairs, max_length {s['max_length']}. "
-        "ZeRO-3 figures exclude start-up (train_seconds / steps from result.json); forward "
+        "s/step is the median optimizer step, the first left out as warm-up (start-up, "
+        "evaluation, checkpoints and export are outside every step); tokens/s divides the "
+        "mean tokens per step by it; forward "
         "passes are summed over processes; DPO's reference log-probs are computed once per "
         "cell (then cached), counted in 'ref fwd', not per step; peak RSS is per process; peak GPU "
         "MB is torch's allocator peak on the largest rank's GPU ('-' on CPU); "

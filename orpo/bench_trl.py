@@ -151,12 +151,14 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
         class StepTimer(TrainerCallback):
             def __init__(self):
                 self.seconds, self.steps, self.rss, self.t0 = 0.0, 0, None, 0.0
+                self.each: list[float] = []
 
             def on_step_begin(self, args, state, control, **kwargs):
                 self.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
-                self.seconds += time.perf_counter() - self.t0
+                self.each.append(time.perf_counter() - self.t0)
+                self.seconds += self.each[-1]
                 self.steps += 1
                 self.rss = peak_rss_mb()
 
@@ -171,6 +173,7 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
             {
                 "steps": timer.steps,
                 "train_seconds": timer.seconds,
+                "step_seconds": timer.each,
                 "tokens": counter.tokens(timer.steps * optim.grad_accum),
                 "forward_passes": timer.steps * optim.grad_accum,
                 "reference_forward_passes": 0,  # TRL's precompute pass is not counted

@@ -144,6 +144,41 @@ def init_distributed(device: str) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
+def share_fp32_masters(optimizer) -> int:
+    """Let ZeRO-3's fp32 master partitions be its partitioned weights when both are fp32 on one
+    device, as DeepSpeed means them to be; returns how many optimizer sub-groups now share.
+
+    ZeRO-3 keeps the model's weights as flat partitions ("fp16" groups, in the training
+    precision) and steps the optimizer on fp32 master copies of them. When the weights already
+    are fp32 on the optimizer's device (fp32 training: every CPU cell), DeepSpeed 0.19.8 means
+    to use the weights themselves as masters, but its check compares a tensor's `torch.device`
+    with the accelerator's device *name*, a string, which is never equal: it clones a second
+    fp32 copy of the whole model (87M parameters: 332 MB). Re-pointing each master (the same
+    tensor object, so the optimizer's groups and state keep referring to it) at its weights
+    frees that copy; the step then updates the weights in place and DeepSpeed's copy of masters
+    into weights becomes a copy onto itself, which torch skips. Each pair is checked equal
+    first, so the arithmetic is unchanged. bf16 weights (GPUs) keep their fp32 masters."""
+    weights = getattr(optimizer, "fp16_partitioned_groups_flat", None)
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    if weights is None or masters is None:  # not ZeRO-3
+        return 0
+    shared = 0
+    for weight, master in zip(weights, masters, strict=True):
+        if (
+            weight is None  # offloaded to NVMe
+            or weight.dtype != master.dtype
+            or weight.device != master.device
+            or weight.shape != master.shape
+        ):
+            continue
+        if weight.data_ptr() != master.data_ptr():
+            if not torch.equal(weight, master):
+                continue
+            master.data = weight.data
+        shared += 1
+    return shared
+
+
 class DeepSpeedEngine:
     """The loop's view of a DeepSpeed engine: forward, backward, step, checkpoints, export."""
 
@@ -182,6 +217,7 @@ class DeepSpeedEngine:
         )
         self.device = self.engine.device
         self.zero_stage = resources.zero_stage
+        self.shared_master_groups = share_fp32_masters(self.engine.optimizer)
 
     @property
     def module(self) -> torch.nn.Module:

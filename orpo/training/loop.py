@@ -8,7 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +59,8 @@ class LoopState:
     eval_seconds: float = 0.0  # the rest of the loop: evaluation, checkpoints, logging
     last_train_loss: float = math.nan
     resumed_from: int | None = None
+    # each optimizer step of this attempt, for the benchmark's medians (not checkpointed)
+    step_seconds: list[float] = field(default_factory=list)
     # peak RSS when the last optimizer step ended, before that step's evaluation and checkpoint
     # (earlier ones included): what training itself needs, comparable with the benchmark floor
     step_peak_rss_mb: float | None = None
@@ -218,6 +220,7 @@ def run_loop(
         state.forward_passes += len(micro_batches) * engine.world_size
         state.tokens += int(seen_tokens)
         state.train_seconds += elapsed
+        state.step_seconds.append(elapsed)
         state.last_train_loss = sums["loss"]
         metrics = _means(sums, norms, "train")
         metrics.update(

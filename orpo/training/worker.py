@@ -297,6 +297,7 @@ def train(job: CellJob) -> dict:
         "eval_forward_passes": state.eval_forward_passes,
         "tokens": state.tokens,
         "train_seconds": state.train_seconds,
+        "step_seconds": state.step_seconds,  # this attempt's steps, rank 0's clock
         "wall_seconds": time.time() - started,
         # orpo.timing's phases; a resumed cell's steps and evaluation count over its attempts
         "startup_seconds": startup_seconds(started),

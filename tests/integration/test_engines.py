@@ -1,6 +1,6 @@
 """ZeRO-3 on one process, with the DeepSpeed config the lab generates for it (every parameter
 resident, torch's linear, gradients all-reduced in place, the optimizer stepped in
-sub-groups), trains the same numbers as the plain-torch floor: the tuning changes where the
+sub-groups) and fp32 weights serving as their own optimizer masters, trains the same numbers as the plain-torch floor: the tuning changes where the
 work happens, not the arithmetic."""
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank):
     assert zero["memory_efficient_linear"] is False
     assert zero["reduce_scatter"] is False
     assert torch.nn.functional.linear is torch._C._nn.linear  # not patched by DeepSpeed
+    # fp32 weights are their own optimizer masters: no second fp32 copy of the model
+    optimizer = zero3.engine.optimizer
+    masters = optimizer.fp32_partitioned_groups_flat
+    assert zero3.shared_master_groups == len(masters) > 1
+    for weight, master in zip(optimizer.fp16_partitioned_groups_flat, masters, strict=True):
+        assert master.data_ptr() == weight.data_ptr()
     ids = torch.randint(4, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
     for step in range(3):

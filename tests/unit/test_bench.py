@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orpo.bench import _row, check_selection, parse_engine, render_table
+from orpo.bench import _row, check_selection, parse_engine, render_table, typical_step_seconds
 
 pytestmark = pytest.mark.unit
 
@@ -30,6 +30,18 @@ def test_dpo_needs_the_sft_cell_it_starts_from():
 def _result(seconds: float, tokens: int, rss: float, step_rss: float) -> dict:
     return {"steps": 4, "forward_passes": 4, "tokens": tokens, "train_seconds": seconds,
             "parameters": 1_000, "peak_rss_mb": rss, "step_peak_rss_mb": step_rss}  # fmt: skip
+
+
+def test_a_step_is_the_median_after_the_warm_up_step():
+    # 9 s warm-up, one 20 s stall: the mean would say 8.2 s, the typical step is 3 s
+    stalled = {"steps": 5, "train_seconds": 41.0, "step_seconds": [9.0, 3.0, 20.0, 3.0, 6.0]}
+    assert typical_step_seconds(stalled) == 4.5  # median of 3, 20, 3, 6
+    assert typical_step_seconds({**stalled, "step_seconds": [9.0, 3.0, 20.0, 3.0]}) == 3.0
+    assert typical_step_seconds({**stalled, "step_seconds": [9.0, 3.0]}) == 6.0  # too few to drop
+    assert typical_step_seconds({"steps": 4, "train_seconds": 10.0}) == 2.5  # no per-step times
+    row = _row("m", "orpo", "zero3", 1, {**_result(41.0, 4000, 1, 1), **stalled, "tokens": 5000})
+    assert row["seconds_per_step"] == 4.5 and row["mean_seconds_per_step"] == 41.0 / 5
+    assert row["tokens_per_s"] == pytest.approx(1000 / 4.5)  # tokens per step / typical step
 
 
 def _report(rows: list[dict]) -> dict:
