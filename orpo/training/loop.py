@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from orpo.timing import peak_rss_mb
+from orpo.timing import peak_rss_mb, release_freed_memory
 from orpo.training.batches import Schedule, StageData, shard_batches
 from orpo.training.objectives import (
     OBJECTIVES,
@@ -214,6 +214,7 @@ def run_loop(
             raise NonFiniteLoss(step, sums["loss"])
         lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
         engine.step()  # the boundary step applies the update only once the loss is known finite
+        release_freed_memory()  # before the next step allocates its activations again
         elapsed = time.perf_counter() - t0
         state.step_peak_rss_mb = peak_rss_mb()
         state.step = step
