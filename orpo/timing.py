@@ -19,6 +19,7 @@ import os
 import resource
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 # set by the launcher to the wall clock at launch; the worker subtracts it to get its start-up
 LAUNCHED_AT_ENV = "ORPO_LAUNCHED_AT"
@@ -146,5 +147,15 @@ def release_freed_memory() -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark so far, in MB."""
+    """This process's resident-memory high-water mark so far, in MB: the kernel's VmHWM where
+    /proc has it. Not getrusage's ru_maxrss, which Linux carries over an exec: a process that a
+    larger one started (a cell from the flow, the benchmark's cells from the benchmark, which
+    holds a dequantised model by then) would report at least its parent's peak."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

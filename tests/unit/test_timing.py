@@ -1,5 +1,7 @@
 """Where the time goes: phase timers, the launcher's start-up clock and the per-phase sums."""
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from orpo.timing import (
     _malloc_trim,
     breakdown,
     breakdown_lines,
+    peak_rss_mb,
     release_freed_memory,
     startup_seconds,
 )
@@ -71,3 +74,14 @@ def test_freed_heap_memory_goes_back_to_the_os():
     release_freed_memory()
     assert before - _resident_mb() > 100, "the freed 256 MB stayed resident"
     assert kept.sum() == 16_000
+
+
+def test_a_started_process_reports_its_own_peak_not_its_parents():
+    held = bytearray(400 * 2**20)
+    held[::4096] = b"\x01" * len(held[::4096])  # touch every page: 400 MB resident here
+    assert peak_rss_mb() > 400
+    code = "from orpo.timing import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # getrusage's ru_maxrss would say > 400 here: Linux keeps the parent's peak over the exec
+    assert float(out.stdout) < 150
+    del held
