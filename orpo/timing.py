@@ -140,10 +140,40 @@ def release_freed_memory() -> None:
     often do not fit the holes: resident memory then grows step after step by memory nobody
     uses (SmolLM2-135M, ORPO, 5 steps: peak RSS 5,555 -> 5,063 MB with plain torch and
     7,091 -> 5,920 MB under ZeRO-3, whose per-step buffers fragment the heap more). Pages
-    reused next step are faulted in again, a small cost against a step of seconds."""
+    reused next step are faulted in again: ~0.1 s a step at 87M parameters, and at the tiny
+    presets, whose steps take tens of milliseconds, a sizeable share (see `HeapTrim`)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MB (0 where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class HeapTrim:
+    """`release_freed_memory`, called after each optimizer step, but only once resident memory
+    has grown `slack_mb` beyond what the last trim left: a step that fragments the heap by
+    hundreds of MB (a 100M-parameter model) is trimmed every time, while a tiny model's step,
+    which frees a few MB, does not pay for faulting them in again (every-step trimming made
+    opt-tiny's ORPO step 0.036 -> 0.054 s)."""
+
+    def __init__(self, slack_mb: float = 64.0):
+        self.slack_mb = slack_mb
+        self.left_mb: float | None = None  # resident memory right after the last trim
+
+    def __call__(self) -> bool:
+        """Trim if due; True when it did."""
+        if self.left_mb is not None and resident_mb() < self.left_mb + self.slack_mb:
+            return False
+        release_freed_memory()
+        self.left_mb = resident_mb()
+        return True
 
 
 def peak_rss_mb() -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from orpo.timing import peak_rss_mb, release_freed_memory
+from orpo.timing import HeapTrim, peak_rss_mb
 from orpo.training.batches import Schedule, StageData, shard_batches
 from orpo.training.objectives import (
     OBJECTIVES,
@@ -187,6 +187,7 @@ def run_loop(
         sink.log_metrics(0, eval_metrics)
         state.eval_seconds += time.perf_counter() - t0
     engine.train(True)
+    trim_heap = HeapTrim()
     while state.step < cfg.total_steps:
         t0 = time.perf_counter()
         step = state.step + 1  # 1-based, as logged
@@ -214,7 +215,7 @@ def run_loop(
             raise NonFiniteLoss(step, sums["loss"])
         lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
         engine.step()  # the boundary step applies the update only once the loss is known finite
-        release_freed_memory()  # before the next step allocates its activations again
+        trim_heap()  # freed activations and temporaries back to the OS before the next step
         elapsed = time.perf_counter() - t0
         state.step_peak_rss_mb = peak_rss_mb()
         state.step = step

@@ -9,6 +9,7 @@ import pytest
 
 from orpo.timing import (
     LAUNCHED_AT_ENV,
+    HeapTrim,
     Phases,
     _malloc_trim,
     breakdown,
@@ -85,3 +86,22 @@ def test_a_started_process_reports_its_own_peak_not_its_parents():
     # getrusage's ru_maxrss would say > 400 here: Linux keeps the parent's peak over the exec
     assert float(out.stdout) < 150
     del held
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="not glibc: there is no malloc_trim to call")
+def test_the_heap_is_trimmed_only_once_enough_freed_memory_piled_up():
+    import torch
+
+    trim = HeapTrim(slack_mb=64)
+    assert trim()  # the first call always trims, and notes what it left
+    small = [torch.ones(16_000) for _ in range(100)]  # 6 MB: below the slack
+    del small
+    assert not trim()
+    blocks = [torch.ones(16_000) for _ in range(4_000)]  # 256 MB of heap
+    kept = blocks[-1]
+    del blocks
+    before = _resident_mb()
+    assert trim()
+    assert before - _resident_mb() > 100
+    assert not trim()  # nothing new since
+    assert kept.sum() == 16_000
