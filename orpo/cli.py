@@ -149,11 +149,11 @@ def _kill_children() -> None:
 def cmd_run(args) -> int:
     import os
 
-    from orpo.paths import project_home
+    from orpo.paths import prefect_home
 
     exp = load_experiment(args.experiment, args.set)  # validate before starting anything
     # Prefect reads its settings at import: point it at a project-local home first.
-    os.environ.setdefault("PREFECT_HOME", str(project_home() / ".prefect"))
+    os.environ["PREFECT_HOME"] = str(prefect_home())
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A new project home's temporary server first builds its database: on a cold 2-core
     # machine that took over Prefect's default 20 s, and the run failed before any cell.

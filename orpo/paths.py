@@ -15,6 +15,15 @@ def project_home() -> Path:
     return repo if (repo / "pyproject.toml").is_file() else Path.cwd().resolve()
 
 
+def prefect_home() -> Path:
+    """Prefect's home for this project: PREFECT_HOME when set, else `.prefect` in the project
+    home; created with its parents, because Prefect creates only the last folder and, under a
+    new ORPO_HOME, its temporary server then failed on a database it could not open."""
+    home = Path(os.environ.get("PREFECT_HOME") or project_home() / ".prefect")
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def runs_dir(experiment: str) -> Path:
     return project_home() / "runs" / experiment
 

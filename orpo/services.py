@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orpo.paths import project_home
+from orpo.paths import prefect_home, project_home
 from orpo.postgres import ROLE, Cluster, PostgresError
 from orpo.tracking import default_artifact_root, default_tracking_uri
 
@@ -46,7 +46,7 @@ def _bin(name: str) -> str:
 
 def _env(prefect_port: int, mlflow_port: int, cluster: Cluster | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("PREFECT_HOME", str(project_home() / ".prefect"))
+    env["PREFECT_HOME"] = str(prefect_home())
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_API_URL"] = f"http://{HOST}:{prefect_port}/api"
     if cluster is None:
