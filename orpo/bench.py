@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from contextlib import contextmanager
@@ -119,13 +120,9 @@ def typical_step_seconds(result: dict) -> float:
     shared machine single steps stall when another process takes the cores; the mean
     (train_seconds / steps) where a result has no per-step times."""
     each = result.get("step_seconds") or []
-    if len(each) >= 3:
-        each = each[1:]
     if not each:
         return result["train_seconds"] / max(1, result["steps"])
-    ordered = sorted(each)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return statistics.median(each[1:] if len(each) >= 3 else each)
 
 
 def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict:

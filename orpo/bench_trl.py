@@ -150,15 +150,14 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
 
         class StepTimer(TrainerCallback):
             def __init__(self):
-                self.seconds, self.steps, self.rss, self.t0 = 0.0, 0, None, 0.0
-                self.each: list[float] = []
+                self.steps, self.rss, self.t0 = 0, None, 0.0
+                self.each: list[float] = []  # seconds of each step
 
             def on_step_begin(self, args, state, control, **kwargs):
                 self.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
                 self.each.append(time.perf_counter() - self.t0)
-                self.seconds += self.each[-1]
                 self.steps += 1
                 self.rss = peak_rss_mb()
 
@@ -172,7 +171,7 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
         queue.put(
             {
                 "steps": timer.steps,
-                "train_seconds": timer.seconds,
+                "train_seconds": sum(timer.each),
                 "step_seconds": timer.each,
                 "tokens": counter.tokens(timer.steps * optim.grad_accum),
                 "forward_passes": timer.steps * optim.grad_accum,

@@ -1,7 +1,7 @@
 """ZeRO-3 on one process, with the DeepSpeed config the lab generates for it (every parameter
 resident, torch's linear, gradients all-reduced in place, the optimizer stepped in
-sub-groups) and fp32 weights serving as their own optimizer masters, trains the same numbers as the plain-torch floor: the tuning changes where the
-work happens, not the arithmetic."""
+sub-groups) and fp32 weights serving as their own optimizer masters, trains the same numbers
+as the plain-torch floor: the tuning changes where the work happens, not the arithmetic."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +15,7 @@ from orpo.timing import (
     breakdown_lines,
     peak_rss_mb,
     release_freed_memory,
+    resident_mb,
     startup_seconds,
 )
 
@@ -56,14 +56,6 @@ def test_breakdown_sums_per_phase_in_phase_order():
     assert "cell start-up (launcher, interpreter, imports)" in text and "80.0%" in text
 
 
-def _resident_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return (
-        int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
-        / 1024
-    )
-
-
 @pytest.mark.skipif(_malloc_trim() is None, reason="not glibc: there is no malloc_trim to call")
 def test_freed_heap_memory_goes_back_to_the_os():
     import torch
@@ -71,9 +63,9 @@ def test_freed_heap_memory_goes_back_to_the_os():
     blocks = [torch.ones(16_000) for _ in range(4_000)]  # 64 KB each: heap, not mmap; 256 MB
     kept = blocks[-1]  # holds the top of the heap, so glibc cannot give the rest back by itself
     del blocks
-    before = _resident_mb()
+    before = resident_mb()
     release_freed_memory()
-    assert before - _resident_mb() > 100, "the freed 256 MB stayed resident"
+    assert before - resident_mb() > 100, "the freed 256 MB stayed resident"
     assert kept.sum() == 16_000
 
 
@@ -100,8 +92,8 @@ def test_the_heap_is_trimmed_only_once_enough_freed_memory_piled_up():
     blocks = [torch.ones(16_000) for _ in range(4_000)]  # 256 MB of heap
     kept = blocks[-1]
     del blocks
-    before = _resident_mb()
+    before = resident_mb()
     assert trim()
-    assert before - _resident_mb() > 100
+    assert before - resident_mb() > 100
     assert not trim()  # nothing new since
     assert kept.sum() == 16_000
