@@ -37,7 +37,7 @@ from pathlib import Path
 from orpo.methods import PAPER_METHODS
 
 METHODS = PAPER_METHODS  # the paper's three; the others cost what ORPO or DPO cost per step
-GLOBAL_BATCH = 16  # pairs per optimizer step
+GLOBAL_BATCH = 16  # pairs per optimizer step (`--global-batch`; a GPU wants more)
 DATA = {
     "source": "synthetic",
     "synthetic": {"n_train": 256, "n_eval": 32, "n_test": 8},
@@ -50,14 +50,14 @@ ENGINES = (("zero3", 1), ("zero3", 2), ("torch", 1))
 ENGINE_NAMES = {"zero3": "ZeRO-3", "torch": "plain torch", "trl": "TRL"}
 
 
-def _experiment(name: str, models, steps: int, procs: int):
+def _experiment(name: str, models, steps: int, procs: int, global_batch: int = GLOBAL_BATCH):
     from orpo.config import parse_experiment
 
     def optim(method: str) -> dict:
         return {
             "lr": LR[method],
             "epochs": 100,
-            "batch_size": GLOBAL_BATCH // procs,
+            "batch_size": global_batch // procs,
             "grad_accum": 1,
             "eval_every": 10**6,
             "checkpoint_every": 10**6,
@@ -260,7 +260,8 @@ def render_table(report: dict) -> str:
         f"deepspeed {m['deepspeed']}, "
         + (f"TRL {s['trl']}, " if s.get("trl") else "")
         + (
-            f"{m['gpu']}, ZeRO-3 rows in bf16, the plain-torch floor in fp32"
+            f"{m['gpu']}, bf16 (ZeRO-3: bf16 weights, fp32 masters; plain torch and TRL: fp32 "
+            "weights under bf16 autocast)"
             if m.get("gpu")
             else "fp32 on CPU"
         )
@@ -374,8 +375,14 @@ def parse_engine(text: str) -> tuple[str, int]:
     raise ValueError(f"engine {text!r}: choose from {names}")
 
 
-def check_selection(methods, engines) -> None:
+def check_selection(methods, engines, global_batch: int = GLOBAL_BATCH) -> None:
     """Bad selections fail before anything trains, naming the value."""
+    procs = max((p for _, p in engines), default=1)
+    if global_batch < 1 or global_batch % procs:
+        raise ValueError(
+            f"global batch {global_batch}: must be a positive multiple of {procs}, the most "
+            "processes an engine uses (each process runs an equal share)"
+        )
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method {method!r}: choose from {', '.join(METHODS)}")
@@ -391,6 +398,7 @@ def run_benchmark(
     methods=METHODS,
     engines=ENGINES,
     against_trl: bool = False,
+    global_batch: int = GLOBAL_BATCH,
 ) -> Path:
     """Measure every selected (model, method, engine) cell, plus TRL's trainers with
     `against_trl`; write bench.json and bench.md into out_dir and return bench.md's path."""
@@ -406,7 +414,7 @@ def run_benchmark(
     # removed afterwards unless a cell failed (its train.log tells why)
     methods = [m for m in METHODS if m in methods]  # SFT before DPO, whatever the order given
     engines = [e for e in ENGINES if e in engines]
-    check_selection(methods, engines)
+    check_selection(methods, engines, global_batch)
     trl = bench_trl.require_trl() if against_trl else None
     if against_trl:
         engines.append(("trl", 1))
@@ -419,7 +427,7 @@ def run_benchmark(
             "methods": methods,
             "engines": [f"{e}x{p}" for e, p in engines],
             "trl": trl,
-            "global_batch": GLOBAL_BATCH,
+            "global_batch": global_batch,
             "max_length": DATA["max_length"],
             "data": DATA,
         },
@@ -458,7 +466,7 @@ def run_benchmark(
 
     with _project_home(work):
         for engine, procs in engines:
-            exp = _experiment(f"bench-{engine}-{procs}p", models, steps, procs)
+            exp = _experiment(f"bench-{engine}-{procs}p", models, steps, procs, global_batch)
             prepare_data(exp, paths.data_dir(exp.name))
             for model in models:
                 failed: set[str] = set()

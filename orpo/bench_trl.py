@@ -1,8 +1,8 @@
 """`orpo bench --against trl`: TRL's ORPOTrainer and DPOTrainer as the outside anchor.
 
 Each TRL cell runs in a fresh spawned interpreter, like the plain-torch floor, on exactly what
-the floor trains, in fp32: the model `build_model` builds for the job (dropout off, the same
-seed), the job's training rows, prompts rendered by `format_prompt` as ours are, the same global
+the floor trains, at its precision (fp32 on CPU, bf16 mixed precision on a GPU): the model
+`build_model` builds for the job (dropout off, the same seed), the job's training rows, prompts rendered by `format_prompt` as ours are, the same global
 batch, max_length, learning rate, weight decay, clipping, schedule and torch's AdamW, the same
 thread count. DPO starts from the same SFT model and, like ours, reads reference log-probs computed
 once before training (TRL's `precompute_ref_log_probs`), so a step is the policy's passes only.
@@ -79,7 +79,7 @@ class _CountingCollator:
 def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, out_dir: str):
     from datasets import Dataset
 
-    from orpo.training.engine import pick_device
+    from orpo.training.engine import pick_device, pick_precision
 
     optim = job.optim
     common = dict(
@@ -95,7 +95,8 @@ def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, o
         max_steps=steps,
         max_length=job.max_length,
         use_cpu=pick_device(job.resources) == "cpu",
-        bf16=False,  # fp32, as the floor trains (TRL's configs default to bf16)
+        # the floor's precision: fp32 on CPU (TRL's configs default to bf16), bf16 on a GPU
+        bf16=pick_precision(job.resources, pick_device(job.resources)) == "bf16",
         report_to="none",
         save_strategy="no",
         eval_strategy="no",

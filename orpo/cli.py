@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from orpo.bench import GLOBAL_BATCH
 from orpo.config import ConfigError, expand_cells, load_experiment
 
 EXIT_BAD_INPUT = 2
@@ -185,7 +186,7 @@ def cmd_bench(args) -> int:
 
     try:
         engines = [parse_engine(e) for e in args.engines]
-        check_selection(args.methods, engines)
+        check_selection(args.methods, engines, args.global_batch)
     except ValueError as err:
         return _fail(str(err))
     run_benchmark(
@@ -195,6 +196,7 @@ def cmd_bench(args) -> int:
         methods=args.methods,
         engines=engines,
         against_trl=args.against == "trl",
+        global_batch=args.global_batch,
     )
     return 0
 
@@ -273,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--models", nargs="+", default=["opt-tiny", "opt-medium"])
     p.add_argument("--methods", nargs="+", default=["sft", "dpo", "orpo"])
+    p.add_argument(
+        "--global-batch",
+        type=int,
+        default=GLOBAL_BATCH,
+        help=f"pairs per optimizer step, split over an engine's processes (default "
+        f"{GLOBAL_BATCH}; a GPU needs more to be busy)",
+    )
     p.add_argument(
         "--engines",
         nargs="+",

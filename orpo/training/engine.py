@@ -303,7 +303,11 @@ class DeepSpeedEngine:
 
 
 class TorchEngine:
-    """Plain single-process AdamW with the same schedule and clipping: the benchmark floor."""
+    """Plain single-process AdamW with the same schedule and clipping: the benchmark floor.
+
+    It trains at the precision a DeepSpeed cell would (`pick_precision`): fp32 on CPU; bf16 on a
+    GPU as torch's mixed precision (fp32 weights and optimizer, matrix products under bf16
+    autocast), what DeepSpeed's bf16 (bf16 weights, fp32 masters) is compared with."""
 
     def __init__(
         self,
@@ -315,7 +319,7 @@ class TorchEngine:
         self.device_type = pick_device(resources)
         self.device = torch.device(self.device_type)
         self.rank, self.world_size, self.zero_stage = 0, 1, None
-        self.precision = "fp32"  # no autocast: the floor trains in the model's fp32
+        self.precision = pick_precision(resources, self.device_type)
         self.model = model.to(self.device)
         self.optim_cfg = optim
         self.optimizer = torch.optim.AdamW(
@@ -333,7 +337,9 @@ class TorchEngine:
         return self.model
 
     def forward(self, **batch):
-        return self.model(**batch)
+        bf16 = self.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.model(**batch)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)

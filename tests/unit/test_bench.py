@@ -27,6 +27,14 @@ def test_dpo_needs_the_sft_cell_it_starts_from():
         check_selection(["kto"], [("torch", 1)])
 
 
+def test_the_global_batch_must_split_evenly_over_the_processes():
+    check_selection(["orpo"], [("zero3", 2), ("torch", 1)], global_batch=64)
+    with pytest.raises(ValueError, match="global batch 15: must be a positive multiple of 2"):
+        check_selection(["orpo"], [("zero3", 2), ("torch", 1)], global_batch=15)
+    with pytest.raises(ValueError, match="global batch 0"):
+        check_selection(["orpo"], [("torch", 1)], global_batch=0)
+
+
 def _result(seconds: float, tokens: int, rss: float, step_rss: float) -> dict:
     return {"steps": 4, "forward_passes": 4, "tokens": tokens, "train_seconds": seconds,
             "parameters": 1_000, "peak_rss_mb": rss, "step_peak_rss_mb": step_rss}  # fmt: skip

@@ -334,3 +334,21 @@ def test_run_cell_reports_the_workers_error_not_torchruns(tmp_path, monkeypatch,
     assert "torchrun traceback" not in forwarded and "ChildFailedError" not in forwarded
     log = (tmp_path / "cell" / "train.log").read_text()
     assert "ChildFailedError" in log and "torchrun traceback line 39" in log  # all of it kept
+
+
+def test_the_floor_trains_at_the_precision_a_deepspeed_cell_would():
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from orpo.training.engine import TorchEngine
+
+    config = OPTConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                       num_attention_heads=2, max_position_embeddings=16, word_embed_proj_dim=16)  # fmt: skip
+    ids = torch.tensor([[1, 2, 3, 4]])
+    for precision, dtype in (("auto", torch.float32), ("bf16", torch.bfloat16)):
+        engine = TorchEngine(OPTForCausalLM(config), OptimConfig(lr=1e-3, epochs=1),
+                             ResourcesConfig(device="cpu", precision=precision), total_steps=1)  # fmt: skip
+        assert engine.precision == {"auto": "fp32", "bf16": "bf16"}[precision]
+        logits = engine.forward(input_ids=ids).logits
+        assert logits.dtype == dtype  # bf16: the products ran under autocast
+        assert next(engine.module.parameters()).dtype == torch.float32  # fp32 weights kept
