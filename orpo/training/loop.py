@@ -216,6 +216,8 @@ def run_loop(
         lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
         engine.step()  # the boundary step applies the update only once the loss is known finite
         trim_heap()  # freed activations and temporaries back to the OS before the next step
+        if engine.device.type == "cuda":  # kernels run asynchronously: time the finished step
+            torch.cuda.synchronize(engine.device)
         elapsed = time.perf_counter() - t0
         state.step_peak_rss_mb = peak_rss_mb()
         state.step = step
