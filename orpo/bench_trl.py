@@ -76,12 +76,13 @@ class _CountingCollator:
         return sum(self.per_batch[:n_batches])
 
 
-def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, out_dir: str):
-    from datasets import Dataset
-
+def trl_config(method: str, job, steps: int, out_dir: str):
+    """TRL's ORPOConfig or DPOConfig with our job's settings; what TRL defaults differently is
+    set explicitly, so that a step is the same work as ours."""
     from orpo.training.engine import pick_device, pick_precision
 
     optim = job.optim
+    device = pick_device(job.resources)
     common = dict(
         output_dir=out_dir,
         per_device_train_batch_size=optim.batch_size,
@@ -92,11 +93,14 @@ def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, o
         warmup_steps=int(round(steps * optim.warmup_ratio)),  # as warmup_cosine rounds it
         lr_scheduler_type="cosine",
         optim="adamw_torch",  # torch's AdamW, as our engines use
+        # TRL's configs default to recomputing activations in the backward pass (TRL 1.16);
+        # ours keep them, and a like-for-like step must too
+        gradient_checkpointing=False,
         max_steps=steps,
         max_length=job.max_length,
-        use_cpu=pick_device(job.resources) == "cpu",
+        use_cpu=device == "cpu",
         # the floor's precision: fp32 on CPU (TRL's configs default to bf16), bf16 on a GPU
-        bf16=pick_precision(job.resources, pick_device(job.resources)) == "bf16",
+        bf16=pick_precision(job.resources, device) == "bf16",
         report_to="none",
         save_strategy="no",
         eval_strategy="no",
@@ -105,20 +109,31 @@ def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, o
         dataloader_num_workers=0,
         seed=job.cell.seed,
     )
-    data = Dataset.from_list(rows)
     if method == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        from trl.experimental.orpo import ORPOConfig
 
-        args = ORPOConfig(beta=job.cell.orpo_lambda, **common)  # TRL's beta is ORPO's lambda
-        return ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    from trl import DPOConfig, DPOTrainer
+        return ORPOConfig(beta=job.cell.orpo_lambda, **common)  # TRL's beta is ORPO's lambda
+    from trl import DPOConfig
 
-    args = DPOConfig(
+    return DPOConfig(
         beta=job.cell.dpo_beta,
         precompute_ref_log_probs=True,  # ours caches the reference's log-probs too
         pad_to_multiple_of=None,  # pad to the longest row, as ours does
         **common,
     )
+
+
+def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, out_dir: str):
+    from datasets import Dataset
+
+    args = trl_config(method, job, steps, out_dir)
+    data = Dataset.from_list(rows)
+    if method == "orpo":
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    from trl import DPOTrainer
+
     return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
 
 
@@ -158,6 +173,8 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
                 self.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():  # as our loop: the step's kernels finished
+                    torch.cuda.synchronize()
                 self.each.append(time.perf_counter() - self.t0)
                 self.steps += 1
                 self.rss = peak_rss_mb()

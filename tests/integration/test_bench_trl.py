@@ -30,3 +30,25 @@ def test_trl_rows_train_on_the_same_shapes_as_ours(tmp_path):
         assert trl["tokens_per_step"] == pytest.approx(ours["tokens_per_step"], rel=0.15)
         assert trl["step_peak_rss_mb"] > 0 and trl["seconds_per_step"] > 0
     assert "## Against TRL" in table.read_text()
+
+
+@pytest.mark.parametrize("method", ["orpo", "dpo"])
+def test_trl_is_configured_to_do_a_step_of_our_work(method, tmp_path):
+    from types import SimpleNamespace
+
+    from orpo.bench_trl import trl_config
+    from orpo.config import OptimConfig, ResourcesConfig
+
+    require("TRL", None if trl_version() else "TRL is not installed (pip install -e '.[bench]')")
+    job = SimpleNamespace(
+        optim=OptimConfig(lr=3e-4, epochs=1, batch_size=8, grad_accum=2, max_grad_norm=0.5),
+        resources=ResourcesConfig(device="cpu"),
+        max_length=48,
+        cell=SimpleNamespace(seed=3, orpo_lambda=0.25, dpo_beta=0.2),
+    )
+    args = trl_config(method, job, steps=10, out_dir=str(tmp_path))
+    # TRL's configs default to activation recomputation and bf16; ours do neither on CPU
+    assert not args.gradient_checkpointing and not args.bf16 and args.use_cpu
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 2)
+    assert (args.learning_rate, args.max_grad_norm, args.max_length) == (3e-4, 0.5, 48)
+    assert args.beta == {"orpo": 0.25, "dpo": 0.2}[method] and args.seed == 3
