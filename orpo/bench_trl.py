@@ -7,8 +7,8 @@ batch, max_length, learning rate, weight decay, clipping, schedule and torch's A
 thread count. DPO starts from the same SFT model and, like ours, reads reference log-probs computed
 once before training (TRL's `precompute_ref_log_probs`), so a step is the policy's passes only.
 
-What TRL does differently stays as TRL does it (its own tokenisation of the text, its padding,
-its ORPO has no separate prompt limit), so rows report the tokens TRL actually fed the model:
+What TRL does differently stays as TRL does it (its own tokenisation of the text, its padding;
+prompts longer than our limit are handed over already cut, as TRL has none), so rows report the tokens TRL actually fed the model:
 the attention-mask sum of every batch its collator built, as ours count them. A step is timed
 from TRL's `on_step_begin` to `on_step_end` (the collation of the batch is outside; ours is
 inside). TRL is an optional dependency: `pip install -e '.[bench]'`.
@@ -43,14 +43,16 @@ def require_trl() -> str:
     return version
 
 
-def trl_rows(tokenizer, data_dir: str) -> list[dict[str, str]]:
-    """The job's training pairs as TRL's text columns, the prompt rendered as ours."""
+def trl_rows(tokenizer, data_dir: str, max_prompt_length: int) -> list[dict[str, str]]:
+    """The job's training pairs as TRL's text columns, the prompt rendered and cut as ours: TRL
+    1.16 has no prompt limit of its own, and given a whole chat-template prompt it kept up to
+    max_length of it and cut the responses instead."""
     from orpo.data.schema import read_jsonl
-    from orpo.data.tokenize import format_prompt
+    from orpo.data.tokenize import prompt_text_within
 
     return [
         {
-            "prompt": format_prompt(tokenizer, ex.prompt),
+            "prompt": prompt_text_within(tokenizer, ex.prompt, max_prompt_length),
             "chosen": ex.chosen,
             "rejected": ex.rejected,
         }
@@ -159,7 +161,7 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
             job.init_from or job.model, tokenizer, kind=model_kind(job), seed=job.cell.seed
         )
         optim = job.optim
-        rows = trl_rows(tokenizer, job.data_dir)
+        rows = trl_rows(tokenizer, job.data_dir, job.max_prompt_length)
         steps = total_steps(
             len(rows), optim.epochs, optim.batch_size * optim.grad_accum, optim.max_steps
         )

@@ -76,6 +76,21 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     return ids
 
 
+def prompt_text_within(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_prompt_length: int
+) -> str:
+    """The formatted prompt as text, cut as `encode_pair` cuts its tokens (from the left, a
+    leading BOS kept): for trainers that take text, so that they see the prompt ours trains on.
+    The simple template's BOS is not text (`encode_prompt` puts its id first) and stays out."""
+    ids = encode_prompt(tokenizer, messages)
+    if len(ids) <= max_prompt_length:
+        return format_prompt(tokenizer, messages)
+    kept = _truncate_prompt_left(ids, max_prompt_length, tokenizer.bos_token_id)
+    if not _has_chat_template(tokenizer) and kept[:1] == [tokenizer.bos_token_id]:
+        kept = kept[1:]
+    return tokenizer.decode(kept)
+
+
 @dataclass
 class EncodedPair:
     """One preference pair as token ids; both responses end with `eos_token_id`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from orpo.data.tokenize import (
     encode_pairs,
     encode_prompt,
     format_prompt,
+    prompt_text_within,
     reward_inputs,
 )
 from orpo.models import build_model, train_tokenizer
@@ -83,6 +86,25 @@ def test_prompt_starts_with_bos_under_simple_template(tokenizer):
     ids = encode_prompt(tokenizer, MULTI_TURN)
     assert ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ids[1:]) == format_prompt(tokenizer, MULTI_TURN)
+
+
+@pytest.mark.parametrize(
+    "chat_template", [None, "{% for m in messages %}[{{ m['content'] }}]{% endfor %}>"]
+)
+def test_a_prompt_as_text_is_cut_where_its_tokens_are(tokenizer, chat_template):
+    """What `orpo bench` hands TRL: the text of the prompt tokens ours trains on."""
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = chat_template
+    whole = encode_prompt(tok, MULTI_TURN)
+    assert prompt_text_within(tok, MULTI_TURN, len(whole)) == format_prompt(tok, MULTI_TURN)
+    limit = len(whole) // 2
+    ours = encode_pair(
+        tok, PreferenceExample(id="m", prompt=MULTI_TURN, chosen="ok", rejected="no"), 10**3, limit
+    ).prompt_ids
+    text = prompt_text_within(tok, MULTI_TURN, limit)
+    simple_bos = [tok.bos_token_id] if chat_template is None else []
+    assert simple_bos + tok.encode(text, add_special_tokens=False) == ours
+    assert len(ours) == limit and text != format_prompt(tok, MULTI_TURN)
 
 
 # --- encoding and truncation --------------------------------------------------------------------
