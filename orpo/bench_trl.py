@@ -2,16 +2,17 @@
 
 Each TRL cell runs in a fresh spawned interpreter, like the plain-torch floor, on exactly what
 the floor trains, at its precision (fp32 on CPU, bf16 mixed precision on a GPU): the model
-`build_model` builds for the job (dropout off, the same seed), the job's training rows, prompts rendered by `format_prompt` as ours are, the same global
-batch, max_length, learning rate, weight decay, clipping, schedule and torch's AdamW, the same
-thread count. DPO starts from the same SFT model and, like ours, reads reference log-probs computed
-once before training (TRL's `precompute_ref_log_probs`), so a step is the policy's passes only.
+`build_model` builds for the job (dropout off, the same seed), the job's training rows, prompts
+rendered by `format_prompt` and cut to `max_prompt_length` as ours are, the same global batch,
+max_length, learning rate, weight decay, clipping, schedule and torch's AdamW, no activation
+recomputation, the same thread count. DPO starts from the same SFT model and, like ours, reads
+reference log-probs computed once before training (TRL's `precompute_ref_log_probs`), so a step
+is the policy's passes only.
 
-What TRL does differently stays as TRL does it (its own tokenisation of the text, its padding;
-prompts longer than our limit are handed over already cut, as TRL has none), so rows report the tokens TRL actually fed the model:
-the attention-mask sum of every batch its collator built, as ours count them. A step is timed
-from TRL's `on_step_begin` to `on_step_end` (the collation of the batch is outside; ours is
-inside). TRL is an optional dependency: `pip install -e '.[bench]'`.
+What TRL does differently stays as TRL does it (its own tokenisation of the text, its padding),
+so rows report the tokens TRL actually fed the model: the attention-mask sum of every batch its
+collator built, as ours count them. A step is timed from TRL's `on_step_begin` to `on_step_end`
+(the collation of the batch is outside; ours is inside). TRL is an optional dependency: `pip install -e '.[bench]'`.
 """
 
 from __future__ import annotations
