@@ -12,7 +12,8 @@ is the policy's passes only.
 What TRL does differently stays as TRL does it (its own tokenisation of the text, its padding),
 so rows report the tokens TRL actually fed the model: the attention-mask sum of every batch its
 collator built, as ours count them. A step is timed from TRL's `on_step_begin` to `on_step_end`
-(the collation of the batch is outside; ours is inside). TRL is an optional dependency: `pip install -e '.[bench]'`.
+(the collation of the batch is outside; ours is inside). TRL is an optional dependency:
+`pip install -e '.[bench]'`.
 """
 
 from __future__ import annotations
