@@ -144,6 +144,31 @@ def init_distributed(device: str) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
+SHM_ALLREDUCE_DIR = Path("/dev/shm")
+
+
+def shm_allreduce_names(port: int | str, rank: str = "*") -> list[Path]:
+    """The shared-memory buffers DeepSpeed's CPU backend made for a process group on `port`
+    (all ranks by default); the name format is DeepSpeed's (its shm all-reduce op)."""
+    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank}"
+    return sorted(SHM_ALLREDUCE_DIR.glob(pattern))
+
+
+def release_shm_allreduce_name(rank: int) -> None:
+    """Unlink this rank's shared-memory all-reduce buffer name, once every rank has opened it.
+
+    On CPU, DeepSpeed's communication backend creates one 66 MB buffer per rank in /dev/shm
+    (RAM) at start-up, opens its peers' buffers by name, and never removes the names: each
+    cell's processes left theirs behind after exiting. Here 16 GB of a 24 GB machine had gone
+    that way before the kernel began killing cells for memory. All ranks opened all names
+    while DeepSpeed started (the barrier makes sure every rank got that far); the mapping stays
+    valid until the process ends, and then its memory is freed. (A process killed before this
+    point still leaves its name; nothing else can tell a dead cell's name from a live one's.)"""
+    dist.barrier()
+    for name in shm_allreduce_names(os.environ.get("MASTER_PORT", ""), str(rank)):
+        name.unlink(missing_ok=True)
+
+
 def share_fp32_masters(optimizer) -> int:
     """Let ZeRO-3's fp32 master partitions be its partitioned weights when both are fp32 on one
     device, as DeepSpeed means them to be; returns how many optimizer sub-groups now share.
@@ -217,6 +242,7 @@ class DeepSpeedEngine:
         )
         self.device = self.engine.device
         self.zero_stage = resources.zero_stage
+        release_shm_allreduce_name(self.rank)
         self.shared_master_groups = share_fp32_masters(self.engine.optimizer)
 
     @property

@@ -21,7 +21,7 @@ from orpo.config import ConfigError, expand_cells, parse_experiment
 from orpo.data.prepare import prepare_data
 from orpo.models import build_model, load_model, load_tokenizer
 from orpo.pipeline import make_job, train_cell
-from orpo.training.engine import warmup_cosine
+from orpo.training.engine import shm_allreduce_names, warmup_cosine
 from orpo.training.job import CellJob
 from orpo.training.launch import CellFailed
 from tests.faults import inject
@@ -238,8 +238,11 @@ def test_two_process_zero3_matches_one_process(lab):
     one = lab.job("orpo")
     lab.trained("orpo")
     two = lab.job("orpo", "2proc", optim={"grad_accum": 1}, resources={"procs_per_cell": 2})
+    shm_before = set(shm_allreduce_names(port="*"))
     result = lab.run("orpo-2proc", two)
     assert result["world_size"] == 2 and result["steps"] == STEPS
+    # DeepSpeed's 66 MB shared-memory buffers (RAM) per process do not outlive the cell
+    assert set(shm_allreduce_names(port="*")) <= shm_before
     for key in (
         "train/loss",
         "train/nll",
