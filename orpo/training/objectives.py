@@ -22,11 +22,12 @@ from torch import Tensor
 from orpo import losses
 from orpo.config import NllScope, Stage
 from orpo.losses import (
+    TokenLogprobs,
     bradley_terry_loss,
     dpo_loss,
     dpo_rewards,
     odds_ratio_loss,
-    sequence_logprobs,
+    token_logprobs,
     token_nll,
 )
 
@@ -103,41 +104,49 @@ def _model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
-def _pair_logps(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Pair, Pair]:
+def _response_tokens(logits: Tensor, batch: dict[str, Tensor]) -> TokenLogprobs:
+    """Next-token log-probs of every row's response: the one log-softmax of this forward pass
+    that the pair log-probs and the response-scoped NLL all read."""
+    return token_logprobs(logits, batch["labels"], batch["response_mask"])
+
+
+def _pair_logps(tokens: TokenLogprobs) -> tuple[Pair, Pair]:
     """Summed and mean response log-probs of chosen and rejected, each (B,)."""
-    labels, mask = batch["labels"], batch["response_mask"]
-    summed = sequence_logprobs(logits, labels, mask, "sum")  # (2B,)
-    mean = sequence_logprobs(logits, labels, mask, "mean")  # raises on an empty response
+    summed = tokens.sequence("sum")  # (2B,)
+    mean = tokens.sequence("mean")  # raises on an empty response
     return Pair.of(summed), Pair.of(mean)
 
 
-def _chosen_nll(logits: Tensor, batch: dict[str, Tensor], scope: str) -> Tensor:
-    """Summed NLL of the chosen responses (ORPO's and CPO's SFT term)."""
-    b = _n_pairs(batch)
-    labels, mask = nll_mask(batch, slice(0, b), scope)
-    nll_sum, _ = token_nll(logits[:b], labels, mask)
-    return nll_sum
+def _nll(logits: Tensor, tokens: TokenLogprobs, batch, rows: slice, scope: str) -> Tensor:
+    """Summed NLL of the given rows: read from the response log-probs when it covers the
+    response only (the default), else one more log-softmax over prompt and response."""
+    if scope == "response":
+        return tokens.rows(rows).nll()[0]
+    labels, mask = nll_mask(batch, rows, scope)
+    return token_nll(logits[rows], labels, mask)[0]
 
 
 def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """SFT (chosen rows) and pretraining (plain texts): token-level NLL."""
     logits = forward(**_model_inputs(batch)).logits  # (B, T, V)
-    scope = "full" if cfg.stage == "pretrain" else cfg.nll_scope
-    labels, mask = nll_mask(batch, slice(None), scope)
-    nll_sum, _ = token_nll(logits, labels, mask)
+    if cfg.stage == "pretrain":  # plain texts: every token counts, no response to score
+        labels, mask = nll_mask(batch, slice(None), "full")
+        nll_sum, _ = token_nll(logits, labels, mask)
+        stats = {}
+    else:
+        tokens = _response_tokens(logits, batch)
+        nll_sum = _nll(logits, tokens, batch, slice(None), cfg.nll_scope)
+        stats = {"logp_chosen": tokens.sequence("mean").detach().sum()}
     loss = nll_sum / norms.tokens
-    stats = {"loss": loss.detach(), "nll": nll_sum.detach()}
-    if cfg.stage == "sft":
-        logp = sequence_logprobs(logits, batch["labels"], batch["response_mask"], "mean")  # (B,)
-        stats["logp_chosen"] = logp.detach().sum()
-    return loss, stats
+    return loss, {"loss": loss.detach(), "nll": nll_sum.detach(), **stats}
 
 
 def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """L_ORPO = L_SFT + orpo_lambda * L_OR over one forward pass of chosen+rejected (2B rows)."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    nll_sum = _chosen_nll(logits, batch, cfg.nll_scope)
-    _, mean = _pair_logps(logits, batch)
+    tokens = _response_tokens(logits, batch)
+    nll_sum = _nll(logits, tokens, batch, slice(0, _n_pairs(batch)), cfg.nll_scope)
+    _, mean = _pair_logps(tokens)
     or_loss, log_odds = odds_ratio_loss(mean.chosen, mean.rejected)  # (B,), (B,)
     loss = nll_sum / norms.tokens + cfg.orpo_lambda * or_loss.sum() / norms.examples
     stats = {
@@ -153,7 +162,7 @@ def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, 
 def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """Sigmoid DPO on summed log-probs; `ref` holds the cached reference log-probs (B, 2)."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    summed, mean = _pair_logps(logits, batch)
+    summed, mean = _pair_logps(_response_tokens(logits, batch))
     ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]  # (B,)
     per_pair = dpo_loss(summed.chosen, summed.rejected, ref_chosen, ref_rejected, cfg.dpo_beta)
     loss = per_pair.sum() / norms.examples
@@ -166,7 +175,7 @@ def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
 def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """SimPO: -log sigmoid(beta * (mean logp_w - mean logp_l) - gamma), no reference."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    _, mean = _pair_logps(logits, batch)
+    _, mean = _pair_logps(_response_tokens(logits, batch))
     beta, gamma = cfg.params["beta"], cfg.params["gamma"]
     per_pair = losses.simpo_loss(mean.chosen, mean.rejected, beta, gamma)  # (B,)
     loss = per_pair.sum() / norms.examples
@@ -177,8 +186,9 @@ def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig,
 def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """CPO: NLL of the chosen response + the reference-free DPO term on summed log-probs."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    nll_sum = _chosen_nll(logits, batch, cfg.nll_scope)
-    summed, mean = _pair_logps(logits, batch)
+    tokens = _response_tokens(logits, batch)
+    nll_sum = _nll(logits, tokens, batch, slice(0, _n_pairs(batch)), cfg.nll_scope)
+    summed, mean = _pair_logps(tokens)
     prefer = losses.cpo_loss(summed.chosen, summed.rejected, cfg.params["beta"])  # (B,)
     loss = nll_sum / norms.tokens + prefer.sum() / norms.examples
     margin = cfg.params["beta"] * (summed.chosen - summed.rejected)
@@ -190,7 +200,7 @@ def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     runs; see `orpo.losses.ipo_loss`); `ref` holds the cached SUMMED reference log-probs
     (B, 2), divided here by the same response token counts."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    _, mean = _pair_logps(logits, batch)
+    _, mean = _pair_logps(_response_tokens(logits, batch))
     n_tokens = Pair.of(response_tokens(batch).to(ref.dtype))
     ref_mean = Pair(ref[:, 0] / n_tokens.chosen, ref[:, 1] / n_tokens.rejected)  # (B,) each
     per_pair = losses.ipo_loss(
@@ -251,5 +261,5 @@ def pair_logps(forward: Forward, batch) -> tuple[Tensor, Tensor]:
     """(summed, mean) response log-probs of chosen and rejected, each (B, 2): the DPO reference
     cache and the report's log odds / log probability ratio distributions use it."""
     logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    summed, mean = _pair_logps(logits, batch)
+    summed, mean = _pair_logps(_response_tokens(logits, batch))
     return torch.stack(summed, 1), torch.stack(mean, 1)

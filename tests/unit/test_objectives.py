@@ -137,3 +137,43 @@ def test_an_empty_response_is_an_error_not_a_zero_log_prob():
     cfg = config("orpo", orpo_lambda=0.1)
     with pytest.raises(ValueError, match="zero tokens"):
         OBJECTIVES["orpo"](FixedLogits(logits_for(batch)), batch, Norms(10, B), cfg)
+
+
+@pytest.mark.parametrize("stage", list(METHODS))
+def test_one_log_softmax_per_forward_pass(stage, monkeypatch):
+    """The NLL and every per-sequence log-prob read one set of token log-probs: a (B, T, V)
+    log-softmax is a tenth of a step at a 49k vocabulary and is held until backward."""
+    calls = []
+    real = torch.Tensor.log_softmax
+    monkeypatch.setattr(
+        torch.Tensor, "log_softmax", lambda t, *a, **k: calls.append(1) or real(t, *a, **k)
+    )
+    batch = pair_batch()
+    if METHODS[stage].reads == "chosen":
+        batch = {k: v[:B] for k, v in batch.items()}
+    cfg = config(stage, orpo_lambda=0.5 if stage == "orpo" else None, dpo_beta=0.1)
+    OBJECTIVES[stage](
+        FixedLogits(logits_for(batch)), batch, full_norms(batch, stage), cfg, reference()
+    )
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("stage", ["sft", "orpo", "cpo"])
+def test_full_scope_nll_also_trains_on_the_prompt(stage):
+    """nll_scope="full" (TRL's choice): the NLL covers prompt and response tokens, the
+    preference term still only the response."""
+    batch = pair_batch()
+    if stage == "sft":
+        batch = {k: v[:B] for k, v in batch.items()}
+    logits = logits_for(batch)
+    cfg = config(stage, orpo_lambda=0.5 if stage == "orpo" else None, nll_scope="full")
+    rows = slice(None) if stage == "sft" else slice(0, B)
+    ids, attention = batch["input_ids"][rows], batch["attention_mask"][rows]
+    nll, n = losses.token_nll(logits[rows], ids, attention)
+    response_only = losses.token_nll(
+        logits[rows], batch["labels"][rows], batch["response_mask"][rows]
+    )
+    assert n > response_only[1]  # the prompt tokens count too
+    norms = Norms(tokens=float(n), examples=n_examples(batch, stage))
+    _, stats = OBJECTIVES[stage](FixedLogits(logits), batch, norms, cfg, reference())
+    torch.testing.assert_close(stats["nll"], nll.detach())
