@@ -53,18 +53,20 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
     return factor
 
 
+ONE_PROCESS_BUCKET = 2_000_000  # elements of ZeRO-3's gradient bucket on one process (8 MB fp32)
+
+
 def deepspeed_config(
     optim: OptimConfig,
     resources: ResourcesConfig,
     world_size: int,
     precision: str,
     n_params: int | None = None,
-    largest_param: int | None = None,
     *,
     device: str,
 ) -> dict:
     """DeepSpeed's JSON, from validated fields and what the engine knows: world size, device
-    and, when given, the model's parameter count and its largest parameter's. How each
+    and, when given, the model's parameter count. How each
     generated setting was measured: benchmarks/zero3-tuning.md."""
     zero: dict = {
         "stage": resources.zero_stage,
@@ -91,15 +93,13 @@ def deepspeed_config(
         # no-op for one rank) instead of a reduce-scatter that first copies them into a new
         # flat buffer: 4.42 -> 3.89 s of backward at 87M parameters (plain torch: 3.82 s).
         zero["reduce_scatter"] = False
-        # The gradient bucket is allocated up front with reduce_bucket_size elements (default
-        # 5e8 = 2 GB in fp32, far more than this model's gradients). On one process there is
-        # nothing to reduce, so a bucket holding the largest parameter (the embedding here; at
-        # least a tenth of the model, at most the default) suffices: measured with 2e7 elements,
-        # -1 GB peak RSS together with the persistence above. Bucketing only groups the copies;
-        # it does not change the values.
-        zero["reduce_bucket_size"] = int(
-            min(5e8, max(largest_param or 0, n_params // 10, 1_000_000))
-        )
+        # ZeRO-3 allocates its gradient bucket up front with reduce_bucket_size elements
+        # (default 5e8 = 2 GB in fp32) and keeps it for the whole run. On one process it only
+        # groups gradient copies, and a gradient larger than the bucket is reduced from its own
+        # tensor instead (the embedding here, at the end of backward, when activations are
+        # gone): 8 MB suffice. Against a bucket as large as the embedding, -104 MB resident on
+        # SmolLM2-135M; bucketing does not change the values.
+        zero["reduce_bucket_size"] = ONE_PROCESS_BUCKET
     # several processes: DeepSpeed's defaults (not measured here)
     return {
         "train_micro_batch_size_per_gpu": optim.batch_size,
@@ -220,14 +220,12 @@ class DeepSpeedEngine:
         self.precision = pick_precision(resources, self.device_type)
         init_distributed(self.device_type)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        numels = [p.numel() for p in model.parameters()]  # before ZeRO-3 partitions them
         self.config = deepspeed_config(
             optim,
             resources,
             self.world_size,
             self.precision,
-            n_params=sum(numels),
-            largest_param=max(numels, default=0),
+            n_params=sum(p.numel() for p in model.parameters()),  # before ZeRO-3 partitions them
             device=self.device_type,
         )
         optimizer = torch.optim.AdamW(

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from orpo.config import Cell, OptimConfig, ResourcesConfig
 from orpo.training import launch
 from orpo.training.batches import Schedule, shard_batches, total_steps
-from orpo.training.engine import deepspeed_config, warmup_cosine
+from orpo.training.engine import ONE_PROCESS_BUCKET, deepspeed_config, warmup_cosine
 from orpo.training.job import CellJob, cell_key
 from orpo.training.launch import CellFailed, launch_command, run_cell
 
@@ -156,17 +156,15 @@ def test_zero3_tuning_depends_on_world_size_and_device():
     zero3 = ResourcesConfig(zero_stage=3)
 
     def zero(world_size: int, device: str) -> dict:
-        cfg = deepspeed_config(
-            optim, zero3, world_size, "fp32", n_params=5_000_000, largest_param=2_000_000,
-            device=device,
-        )  # fmt: skip
+        cfg = deepspeed_config(optim, zero3, world_size, "fp32", n_params=50_000_000, device=device)
         return cfg["zero_optimization"]
 
     one_cpu = zero(1, "cpu")
-    assert one_cpu["stage3_param_persistence_threshold"] == 5_000_000  # every parameter resident
+    assert one_cpu["stage3_param_persistence_threshold"] == 50_000_000  # every parameter resident
     assert one_cpu["memory_efficient_linear"] is False  # nothing to re-gather
     assert one_cpu["reduce_scatter"] is False  # one in-place all-reduce of the bucket
-    assert one_cpu["reduce_bucket_size"] == 2_000_000  # the largest parameter fits
+    # a small bucket kept for the whole run, whatever the model's size
+    assert one_cpu["reduce_bucket_size"] == ONE_PROCESS_BUCKET < 50_000_000
     assert one_cpu["sub_group_size"] == 1_000_000  # cache-sized optimizer steps on a CPU
     two_cpu = zero(2, "cpu")
     assert "stage3_param_persistence_threshold" not in two_cpu  # partitioned: defaults
@@ -174,7 +172,7 @@ def test_zero3_tuning_depends_on_world_size_and_device():
     assert "reduce_scatter" not in two_cpu  # several ranks: each reduces only its partition
     assert two_cpu["sub_group_size"] == 1_000_000
     assert "sub_group_size" not in zero(1, "cuda")  # GPUs keep DeepSpeed's large sub-groups
-    stage2 = deepspeed_config(optim, ResourcesConfig(zero_stage=2), 1, "fp32", 10, 5, device="cpu")
+    stage2 = deepspeed_config(optim, ResourcesConfig(zero_stage=2), 1, "fp32", 10, device="cpu")
     assert stage2["zero_optimization"] == {
         "stage": 2,
         "stage3_gather_16bit_weights_on_model_save": True,
