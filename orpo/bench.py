@@ -465,17 +465,27 @@ def run_benchmark(
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2))  # partial results too
 
     with _project_home(work):
+        experiments = {}
         for engine, procs in engines:
             exp = _experiment(f"bench-{engine}-{procs}p", models, steps, procs, global_batch)
             prepare_data(exp, paths.data_dir(exp.name))
-            for model in models:
-                failed: set[str] = set()
-                for method in [m for e, p, m in cells if (e, p) == (engine, procs)]:
+            experiments[engine, procs] = exp
+        # The engines of one (model, method) run back to back: this machine's speed drifts
+        # over minutes (other tenants take its cores), and a ratio of cells measured far apart
+        # carries that drift. SFT precedes DPO: the floor's and TRL's DPO start from ZeRO-3's
+        # SFT model, which runs first among the engines.
+        failed: set[tuple[str, str, int]] = set()
+        for model in models:
+            for method in methods:
+                for engine, procs in engines:
+                    if (engine, procs, method) not in cells:
+                        continue
+                    exp = experiments[engine, procs]
                     cell = next(
                         c for c in expand_cells(exp) if c.model == model and c.stage == method
                     )
                     base = {"model": model, "method": method, "engine": engine, "procs": procs}
-                    if method == "dpo" and "sft" in failed:
+                    if method == "dpo" and (model, engine, procs) in failed:
                         record({**base, "error": "its SFT cell failed"})
                         continue
                     job = make_job(exp, cell)
@@ -493,7 +503,8 @@ def run_benchmark(
                             result = train_cell(job, on_line=lambda line: None)
                         record({**base, **_row(model, method, engine, procs, result)})
                     except (CellFailed, RuntimeError, FileNotFoundError) as err:
-                        failed.add(method)
+                        if method == "sft":
+                            failed.add((model, engine, procs))
                         record({**base, "error": str(err)})
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if any("error" in r for r in report["rows"]):
