@@ -256,7 +256,8 @@ def render_table(report: dict) -> str:
     lines = [
         "# orpo bench",
         "",
-        f"{m['cpus']} CPUs ({m['processor'] or m['machine']}), torch {m['torch']}, "
+        f"{m['cpus']} CPUs ({m.get('cpu_model') or m['processor'] or m['machine']}), "
+        f"torch {m['torch']}, "
         f"deepspeed {m['deepspeed']}, "
         + (f"TRL {s['trl']}, " if s.get("trl") else "")
         + (
@@ -350,12 +351,34 @@ def _optional(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first CPU's name, family, model and whether it has AVX-512, from Linux's cpuinfo
+    (None elsewhere): two machines that both call themselves "AMD EPYC" ran the same bench
+    2.6x apart, and only family and model told them apart."""
+    try:
+        block = cpuinfo.read_text().split("\n\n")[0]
+    except OSError:
+        return None
+    fields = {}
+    for line in block.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return None
+    avx512 = "avx512f" in fields.get("flags", "").split()
+    return (
+        f"{fields['model name']}, family {fields.get('cpu family', '?')} model "
+        f"{fields.get('model', '?')}, AVX-512 {'yes' if avx512 else 'no'}"
+    )
+
+
 def _machine() -> dict:
     import deepspeed
     import torch
 
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "processor": platform.processor(),
         "python": platform.python_version(),

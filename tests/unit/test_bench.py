@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from orpo.bench import _row, check_selection, parse_engine, render_table, typical_step_seconds
+from orpo.bench import (
+    _row,
+    check_selection,
+    cpu_model,
+    parse_engine,
+    render_table,
+    typical_step_seconds,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +98,16 @@ def test_no_trl_table_without_trl_rows_and_failed_rows_span_the_table():
     assert "Against TRL" not in table
     header, row = table.splitlines()[4], table.splitlines()[6]
     assert header.count("|") == row.count("|")  # a failed row has every column
+
+
+def test_the_table_names_the_cpu_by_family_and_model(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    core = "processor\t: {n}\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu {f}\n"
+    cpuinfo.write_text(core.format(n=0, f="avx2") + "\n" + core.format(n=1, f="avx2"))
+    assert cpu_model(cpuinfo) == "AMD EPYC, family 23 model 1, AVX-512 no"
+    cpuinfo.write_text(core.format(n=0, f="avx2 avx512f"))
+    assert cpu_model(cpuinfo).endswith("AVX-512 yes")
+    assert cpu_model(tmp_path / "missing") is None
+    report = _report([])
+    report["machine"]["cpu_model"] = "AMD EPYC, family 23 model 1, AVX-512 no"
+    assert "2 CPUs (AMD EPYC, family 23 model 1, AVX-512 no)" in render_table(report)
