@@ -59,8 +59,20 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     params = list(zero3.module.parameters())
     with deepspeed.zero.GatheredParameters(params):
         trained = {n: p.detach().clone() for n, p in zero3.module.named_parameters()}
+    # AdamW divides each element's update by its gradient's running RMS, so where a gradient is
+    # near zero, rounding-level differences (summation order on views into ZeRO-3's flat buffer,
+    # and the CPU's vector width) move that element by a small fraction of the learning rate: up
+    # to 2e-5 (2% of lr) on a few elements of the first layer on an AMD EPYC without AVX-512,
+    # with or without the bucket bypass. A gradient dropped or misplaced moves whole tensors by
+    # about lr per step, far past both checks (a scaled one shows in the gradient norms above).
     for name, p in floor.module.named_parameters():
-        torch.testing.assert_close(trained[name], p.detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(trained[name], p.detach(), rtol=1e-4, atol=optim.lr / 20)
+        update, floor_update = (
+            trained[name] - model.get_parameter(name).detach(),
+            p.detach() - model.get_parameter(name).detach(),
+        )
+        # k_proj's bias has a zero gradient in exact arithmetic: its update is rounding noise
+        assert (update - floor_update).norm() <= 1e-3 * floor_update.norm() + optim.lr / 20, name
     moved = max(
         (p.detach() - model.get_parameter(n)).abs().max()
         for n, p in floor.module.named_parameters()
