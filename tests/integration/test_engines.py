@@ -1,7 +1,8 @@
 """ZeRO-3 on one process, with the DeepSpeed config the lab generates for it (every parameter
 resident, torch's linear, gradients all-reduced in place, a gradient bucket smaller than
-the largest parameters, the optimizer stepped in sub-groups) and fp32 weights serving as their own optimizer masters, trains the same numbers
-as the plain-torch floor: the tuning changes where the work happens, not the arithmetic."""
+the largest parameters, the optimizer stepped in sub-groups) and fp32 weights serving as their
+own optimizer masters, trains the same numbers as the plain-torch floor: the tuning changes
+where the work happens, not the arithmetic."""
 
 from __future__ import annotations
 

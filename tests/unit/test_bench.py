@@ -102,7 +102,10 @@ def test_no_trl_table_without_trl_rows_and_failed_rows_span_the_table():
 
 def test_the_table_names_the_cpu_by_family_and_model(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    core = "processor\t: {n}\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu {f}\n"
+    core = (
+        "processor\t: {n}\ncpu family\t: 23\nmodel\t\t: 1\n"
+        "model name\t: AMD EPYC\nflags\t\t: fpu {f}\n"
+    )
     cpuinfo.write_text(core.format(n=0, f="avx2") + "\n" + core.format(n=1, f="avx2"))
     assert cpu_model(cpuinfo) == "AMD EPYC, family 23 model 1, AVX-512 no"
     cpuinfo.write_text(core.format(n=0, f="avx2 avx512f"))
