@@ -6,9 +6,9 @@ log-probs from the one helper, :func:`token_logprobs` (one log-softmax per forwa
 reduced per sequence by :meth:`TokenLogprobs.sequence` or :func:`sequence_logprobs`), and
 returns per-example values, so the caller decides how to reduce and what to log. One name per
 quantity (the README's "The math"): ``orpo_lambda`` is ORPO's lambda, ``beta`` is DPO's beta.
-The added methods keep their papers' letters: ``beta`` of SimPO and CPO is each method's own inverse temperature (SimPO's is
-~2, the others' ~0.1: never share one config value between them), ``gamma`` is SimPO's target
-reward margin, ``tau`` is IPO's regularisation strength.
+The added methods keep their papers' letters: ``beta`` of SimPO and CPO is each method's own
+inverse temperature (SimPO's is ~2, the others' ~0.1: never share one config value between
+them), ``gamma`` is SimPO's target reward margin, ``tau`` is IPO's regularisation strength.
 
 Shape letters: B = batch (pairs), T = sequence length, V = vocabulary.
 
