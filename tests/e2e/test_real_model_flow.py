@@ -58,7 +58,7 @@ def finished(smollm2_two_layers, byo_opt, tmp_path_factory):
         },
         # the resampled-SFT control is the micro flow's to test; here it would only add time
         "eval": {**MICRO["eval"], "rm_model": "llama-tiny", "resample_control": False},
-        "resources": {"procs_per_cell": 1, "max_parallel_cells": 1, "retries": 0},
+        "resources": {"procs_per_cell": 1, "max_parallel_cells": 2, "retries": 0},
     }
     path = home / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(raw))
