@@ -96,7 +96,7 @@ def trl_config(method: str, job, steps: int, out_dir: str):
         max_grad_norm=optim.max_grad_norm,
         warmup_steps=int(round(steps * optim.warmup_ratio)),  # as warmup_cosine rounds it
         lr_scheduler_type="cosine",
-        optim="adamw_torch",  # torch's AdamW, as our engines use
+        optim="adamw_torch_fused",  # torch's fused AdamW, as our engines use (and TRL's default)
         # TRL's configs default to recomputing activations in the backward pass (TRL 1.16);
         # ours keep them, and a like-for-like step must too
         gradient_checkpointing=False,

@@ -271,10 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="measure step time, tokens/s and memory per method")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--models", nargs="+", default=["opt-tiny", "opt-medium"])
-    p.add_argument("--methods", nargs="+", default=["sft", "dpo", "orpo"])
+    p.add_argument(
+        "--out",
+        default="benchmarks/results",
+        help="folder for bench.md and bench.json (default benchmarks/results)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=8,
+        help="optimizer steps per cell; s/step is the median after the first (default 8)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["opt-tiny", "opt-medium"],
+        help="as in an experiment's models: presets, hub ids, folders, GGUF files or aliases "
+        "(default opt-tiny opt-medium)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["sft", "dpo", "orpo"],
+        help="training methods to time (default sft dpo orpo)",
+    )
     p.add_argument(
         "--global-batch",
         type=int,

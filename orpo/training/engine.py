@@ -123,6 +123,15 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def adamw(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """Both engines' optimizer (and TRL's default): torch's fused AdamW kernel. On CPU tensors
+    torch otherwise steps parameter by parameter in Python, 0.45 s a step over SmolLM2-135M's
+    272 tensors against 0.07 s fused. `job.OPTIMIZER` names it in every cell's key."""
+    return torch.optim.AdamW(
+        trainable(model), lr=optim.lr, weight_decay=optim.weight_decay, fused=True
+    )
+
+
 def init_distributed(device: str) -> None:
     """Join the process group the launcher set up (torchrun/deepspeed export RANK etc.).
     A bare `python` process gets single-rank defaults so DeepSpeed skips MPI discovery."""
@@ -228,9 +237,7 @@ class DeepSpeedEngine:
             n_params=sum(p.numel() for p in model.parameters()),  # before ZeRO-3 partitions them
             device=self.device_type,
         )
-        optimizer = torch.optim.AdamW(
-            trainable(model), lr=optim.lr, weight_decay=optim.weight_decay
-        )
+        optimizer = adamw(model, optim)
         schedule = warmup_cosine(total_steps, optim.warmup_ratio)
         self.engine, *_ = deepspeed.initialize(
             model=model,
@@ -346,9 +353,7 @@ class TorchEngine:
         self.precision = pick_precision(resources, self.device_type)
         self.model = model.to(self.device)
         self.optim_cfg = optim
-        self.optimizer = torch.optim.AdamW(
-            trainable(model), lr=optim.lr, weight_decay=optim.weight_decay
-        )
+        self.optimizer = adamw(model, optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, optim.warmup_ratio)
         )

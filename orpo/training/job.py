@@ -99,6 +99,10 @@ def hash_dir(
     return hash_files(files)
 
 
+# The optimizer implementation both engines step with (`engine.adamw`). It is part of every
+# cell's key: another implementation rounds differently, so its stored cells are other results.
+OPTIMIZER = "torch.optim.AdamW(fused=True)"
+
 # Scheduling knobs: how many cells share the machine, retries, threads, which hosts. They do not
 # change what a cell computes, so changing them must not retrain finished cells.
 _SCHEDULING_FIELDS = {"max_parallel_cells", "retries", "threads_per_proc", "hostfile"}
@@ -111,6 +115,7 @@ def cell_key(job: CellJob) -> str:
     payload["resources"] = {
         k: v for k, v in payload["resources"].items() if k not in _SCHEDULING_FIELDS
     }
+    payload["optimizer"] = OPTIMIZER
     payload["data_version"] = hash_dir(job.data_dir)
     payload["init_version"] = hash_dir(job.init_from) if job.init_from else None
     payload.pop("init_from")  # the content hash above stands for it; paths may move

@@ -227,6 +227,10 @@ def test_cell_key_follows_hyper_parameters_and_inputs(job_dirs, tmp_path):
     assert cell_key(_job(data, init, cell=base.cell.model_copy(update={"dpo_beta": 0.5}))) != key
     assert cell_key(_job(data, init, resources=ResourcesConfig(zero_stage=2))) != key
     assert cell_key(_job(data, init, nll_scope="full")) != key
+    # so does the optimizer implementation the engines step with
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("orpo.training.job.OPTIMIZER", "torch.optim.AdamW(fused=False)")
+        assert cell_key(base) != key
 
     # where the cell is written, and how it is scheduled, do not
     assert cell_key(_job(data, init, out_dir=str(tmp_path / "elsewhere"))) == key
@@ -350,3 +354,14 @@ def test_the_floor_trains_at_the_precision_a_deepspeed_cell_would():
         logits = engine.forward(input_ids=ids).logits
         assert logits.dtype == dtype  # bf16: the products ran under autocast
         assert next(engine.module.parameters()).dtype == torch.float32  # fp32 weights kept
+
+
+def test_the_cell_key_names_the_optimizer_the_engines_build():
+    import torch
+
+    from orpo.training.engine import adamw
+    from orpo.training.job import OPTIMIZER
+
+    optimizer = adamw(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, epochs=1))
+    assert type(optimizer) is torch.optim.AdamW
+    assert OPTIMIZER == f"torch.optim.AdamW(fused={optimizer.defaults['fused']})"
