@@ -253,6 +253,7 @@ def _fmt(value, digits: int = 0) -> str:
 def render_table(report: dict) -> str:
     s = report["settings"]
     m = report["machine"]
+    rounds = s.get("rounds", 1)
     lines = [
         "# orpo bench",
         "",
@@ -267,8 +268,14 @@ def render_table(report: dict) -> str:
             else "fp32 on CPU"
         )
         + f"; {s['steps']} optimizer steps per cell, "
-        f"global batch {s['global_batch']} pairs, max_length {s['max_length']}. "
-        "s/step is the median optimizer step, the first left out as warm-up (start-up, "
+        f"global batch {s['global_batch']} pairs, max_length {s['max_length']}"
+        + (
+            f"; {rounds} rounds: the engines of each (model, method) ran in turn, each round "
+            "in fresh cells, and each row compares with the floor of its own round"
+            if rounds > 1
+            else ""
+        )
+        + ". s/step is the median optimizer step, the first left out as warm-up (start-up, "
         "evaluation, checkpoints and export are outside every step); tokens/s divides the "
         "mean tokens per step by it; forward "
         "passes are summed over processes; DPO's reference log-probs are computed once per "
@@ -279,22 +286,20 @@ def render_table(report: dict) -> str:
         "",
         "| model | params | method | engine | procs | s/step | tokens/s | fwd/step | ref fwd "
         "| peak RSS MB | step peak RSS MB | peak GPU MB | vs torch | step RSS vs torch "
-        "| model TFLOP/s | MFU | load |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model TFLOP/s | MFU | load |" + (" round |" if rounds > 1 else ""),
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if rounds > 1 else ""),
     ]
-    floors = {
-        (r["model"], r["method"]): r
-        for r in report["rows"]
-        if r["engine"] == "torch" and "error" not in r
-    }
+    floors = _by_cell(report["rows"], "torch")
     for r in report["rows"]:
+        which = f" {r.get('round', 1)} |" if rounds > 1 else ""
         if "error" in r:
             lines.append(
                 f"| {r['model']} | - | {r['method']} | {ENGINE_NAMES[r['engine']]} | {r['procs']} | "
-                f"failed: {r['error'][:80]} | | | | | | | | | | | |"
+                f"failed: {r['error'][:80]} | | | | | | | | | | | |" + which
             )
             continue
-        floor = floors.get((r["model"], r["method"]))
+        floor = floors.get(_cell(r))
         ratio = _ratio(r, floor, "seconds_per_step")
         rss_ratio = _ratio(r, floor, "step_peak_rss_mb")
         params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
@@ -305,9 +310,63 @@ def render_table(report: dict) -> str:
             f"{_fmt(r['peak_rss_mb'])} | {_fmt(r.get('step_peak_rss_mb'))} | "
             f"{_optional(r.get('peak_gpu_mb'), ',.0f')} | {ratio} | {rss_ratio} | "
             f"{_optional(r.get('model_tflops'), '.3f')} | "
-            f"{_optional(r.get('mfu'), '.1%')} | {r.get('load_avg_1m', '-')} |"
+            f"{_optional(r.get('mfu'), '.1%')} | {r.get('load_avg_1m', '-')} |" + which
         )
-    return "\n".join(lines + _trl_table(report["rows"])) + "\n"
+    return "\n".join(lines + _rounds_table(report["rows"]) + _trl_table(report["rows"])) + "\n"
+
+
+def _cell(row: dict) -> tuple:
+    """Which measurement a row belongs to: rows of one round compare with each other."""
+    return row["model"], row["method"], row.get("round", 1)
+
+
+def _by_cell(rows: list[dict], engine: str) -> dict[tuple, dict]:
+    return {_cell(r): r for r in rows if r["engine"] == engine and "error" not in r}
+
+
+def _rounds_table(rows: list[dict]) -> list[str]:
+    """With several rounds: each round's ratio to the floor measured beside it, and their
+    median. A ratio within one round is a paired measurement (both cells ran minutes apart);
+    its spread over rounds shows how far one round's ratio can be trusted."""
+    if max((r.get("round", 1) for r in rows), default=1) < 2:
+        return []
+    floors, anchors = _by_cell(rows, "torch"), _by_cell(rows, "trl")
+    lines = [
+        "",
+        "## Across rounds",
+        "",
+        "Each round's ratio to the plain-torch cell of the same round (above 1: slower, or "
+        "more memory, than the floor), in round order, and their median.",
+        "",
+        "| model | method | engine | procs | s/step per round | time vs torch per round "
+        "| median | step RSS vs torch per round | median | tokens/s vs TRL per round | median |",
+        "|---|---|---|---:|---|---|---:|---|---:|---|---:|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "error" not in r and r["engine"] != "torch":
+            groups.setdefault((r["model"], r["method"], r["engine"], r["procs"]), []).append(r)
+    for (model, method, engine, procs), runs in groups.items():
+        runs = sorted(runs, key=lambda r: r.get("round", 1))
+        cells = [_paired(runs, floors, key) for key in ("seconds_per_step", "step_peak_rss_mb")]
+        # against TRL, ours over theirs in tokens/s (above 1: ours is faster)
+        cells.append(("-", "-") if engine == "trl" else _paired(runs, anchors, "tokens_per_s"))
+        steps = ", ".join(f"{r['seconds_per_step']:.3f}" for r in runs)
+        lines.append(
+            f"| {model} | {method} | {ENGINE_NAMES[engine]} | {procs} | {steps} | "
+            + " | ".join(f"{listed} | {median}" for listed, median in cells)
+            + " |"
+        )
+    return lines
+
+
+def _paired(runs: list[dict], refs: dict[tuple, dict], key: str) -> tuple[str, str]:
+    """Each run's `key` over that of the reference measured in its round: listed, and median."""
+    pairs = [(r, refs[_cell(r)]) for r in runs if _cell(r) in refs]
+    ratios = [r[key] / ref[key] for r, ref in pairs if r.get(key) and ref.get(key)]
+    if not ratios:
+        return "-", "-"
+    return ", ".join(f"{x:.2f}x" for x in ratios), f"{statistics.median(ratios):.2f}x"
 
 
 def _ratio(row: dict, floor: dict | None, key: str) -> str:
@@ -319,7 +378,7 @@ def _ratio(row: dict, floor: dict | None, key: str) -> str:
 def _trl_table(rows: list[dict]) -> list[str]:
     """Our engines' tokens/s against TRL's on the same model, rows and settings, per method."""
     ok = [r for r in rows if "error" not in r]
-    trl = {(r["model"], r["method"]): r for r in ok if r["engine"] == "trl"}
+    trl = _by_cell(ok, "trl")
     if not trl:
         return []
     lines = [
@@ -334,12 +393,14 @@ def _trl_table(rows: list[dict]) -> list[str]:
         "| tokens/s | tokens/step | vs TRL |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
+    several = max(r.get("round", 1) for r in ok) > 1
     for r in ok:
-        anchor = trl.get((r["model"], r["method"]))
+        anchor = trl.get(_cell(r))
         if anchor is None or r["engine"] == "trl":
             continue
+        method = f"{r['method']} (round {r['round']})" if several else r["method"]
         lines.append(
-            f"| {r['model']} | {r['method']} | {anchor['seconds_per_step']:.3f} | "
+            f"| {r['model']} | {method} | {anchor['seconds_per_step']:.3f} | "
             f"{_fmt(anchor['tokens_per_s'])} | {_fmt(anchor['tokens_per_step'])} | "
             f"{ENGINE_NAMES[r['engine']]} | {r['procs']} | {_fmt(r['tokens_per_s'])} | "
             f"{_fmt(r['tokens_per_step'])} | {r['tokens_per_s'] / anchor['tokens_per_s']:.2f}x |"
@@ -398,8 +459,10 @@ def parse_engine(text: str) -> tuple[str, int]:
     raise ValueError(f"engine {text!r}: choose from {names}")
 
 
-def check_selection(methods, engines, global_batch: int = GLOBAL_BATCH) -> None:
+def check_selection(methods, engines, global_batch: int = GLOBAL_BATCH, rounds: int = 1) -> None:
     """Bad selections fail before anything trains, naming the value."""
+    if rounds < 1:
+        raise ValueError(f"rounds {rounds}: must be at least 1")
     procs = max((p for _, p in engines), default=1)
     if global_batch < 1 or global_batch % procs:
         raise ValueError(
@@ -422,9 +485,13 @@ def run_benchmark(
     engines=ENGINES,
     against_trl: bool = False,
     global_batch: int = GLOBAL_BATCH,
+    rounds: int = 1,
 ) -> Path:
     """Measure every selected (model, method, engine) cell, plus TRL's trainers with
-    `against_trl`; write bench.json and bench.md into out_dir and return bench.md's path."""
+    `against_trl`; write bench.json and bench.md into out_dir and return bench.md's path.
+    With `rounds` > 1 the engines of each (model, method) run that many times in turn
+    (A B A B ...), each round in fresh cells, and the tables add each round's ratios and
+    their median."""
     from orpo import bench_trl, paths
     from orpo.config import cell_id, expand_cells
     from orpo.data.prepare import prepare_data
@@ -437,7 +504,7 @@ def run_benchmark(
     # removed afterwards unless a cell failed (its train.log tells why)
     methods = [m for m in METHODS if m in methods]  # SFT before DPO, whatever the order given
     engines = [e for e in ENGINES if e in engines]
-    check_selection(methods, engines, global_batch)
+    check_selection(methods, engines, global_batch, rounds)
     trl = bench_trl.require_trl() if against_trl else None
     if against_trl:
         engines.append(("trl", 1))
@@ -451,6 +518,7 @@ def run_benchmark(
             "engines": [f"{e}x{p}" for e, p in engines],
             "trl": trl,
             "global_batch": global_batch,
+            "rounds": rounds,
             "max_length": DATA["max_length"],
             "data": DATA,
         },
@@ -464,7 +532,7 @@ def run_benchmark(
         for method in methods
         if engine != "trl" or method in bench_trl.TRL_METHODS
     ]
-    total = len(models) * len(cells)
+    total = len(models) * len(cells) * rounds
     done = 0
     began = time.time()
 
@@ -480,55 +548,62 @@ def run_benchmark(
                 f"{row['forward_passes_per_step']:g} fwd/step, "
                 f"peak RSS {row['peak_rss_mb']:,.0f} MB"
             )
+        which = f", round {row['round']}/{rounds}" if rounds > 1 else ""
         print(
             f"[bench {done}/{total}, {time.time() - began:.0f} s] {row['model']} {row['method']} "
-            f"{row['engine']} x{row['procs']}: {text}",
+            f"{row['engine']} x{row['procs']}{which}: {text}",
             flush=True,
         )
         (out_dir / "bench.json").write_text(json.dumps(report, indent=2))  # partial results too
 
     with _project_home(work):
         experiments = {}
-        for engine, procs in engines:
-            exp = _experiment(f"bench-{engine}-{procs}p", models, steps, procs, global_batch)
-            prepare_data(exp, paths.data_dir(exp.name))
-            experiments[engine, procs] = exp
-        # The engines of one (model, method) run back to back: this machine's speed drifts
-        # over minutes (other tenants take its cores), and a ratio of cells measured far apart
-        # carries that drift. SFT precedes DPO: the floor's and TRL's DPO start from ZeRO-3's
-        # SFT model, which runs first among the engines.
-        failed: set[tuple[str, str, int]] = set()
+        for rnd in range(rounds):  # each round its own cells: a finished cell is not re-run
+            for engine, procs in engines:
+                name = f"bench-{engine}-{procs}p" + (f"-r{rnd + 1}" if rounds > 1 else "")
+                exp = _experiment(name, models, steps, procs, global_batch)
+                prepare_data(exp, paths.data_dir(exp.name))
+                experiments[engine, procs, rnd] = exp
+        # The engines of one (model, method) run back to back, and with rounds in turn: this
+        # machine's speed drifts over minutes (other tenants take its cores), and a ratio of
+        # cells measured far apart carries that drift. SFT precedes DPO: the floor's and TRL's
+        # DPO start from ZeRO-3's SFT model of the same round, which runs first among the engines.
+        failed: set[tuple[str, str, int, int]] = set()
+
+        def run_one(model: str, method: str, engine: str, procs: int, rnd: int) -> None:
+            exp = experiments[engine, procs, rnd]
+            cell = next(c for c in expand_cells(exp) if c.model == model and c.stage == method)
+            base = {"model": model, "method": method, "engine": engine, "procs": procs}
+            base["round"] = rnd + 1  # counted from 1, as printed
+            if method == "dpo" and (model, engine, procs, rnd) in failed:
+                record({**base, "error": "its SFT cell failed"})
+                return
+            job = make_job(exp, cell)
+            try:
+                if engine in ("torch", "trl") and method == "dpo":
+                    # start from the 1-process ZeRO-3 SFT model, as that DPO cell did
+                    sft = experiments["zero3", 1, rnd].name
+                    source = paths.cell_dir(sft, cell_id("sft", model, 0))
+                    job = job.model_copy(update={"init_from": str(source / "model")})
+                threads = max(1, os.cpu_count() or 1)
+                if engine == "torch":
+                    result = _run_floor(job, threads)
+                elif engine == "trl":
+                    result = bench_trl.run_trl(job, method, threads)
+                else:
+                    result = train_cell(job, on_line=lambda line: None)
+                record({**base, **_row(model, method, engine, procs, result)})
+            except (CellFailed, RuntimeError, FileNotFoundError) as err:
+                if method == "sft":
+                    failed.add((model, engine, procs, rnd))
+                record({**base, "error": str(err)})
+
         for model in models:
             for method in methods:
-                for engine, procs in engines:
-                    if (engine, procs, method) not in cells:
-                        continue
-                    exp = experiments[engine, procs]
-                    cell = next(
-                        c for c in expand_cells(exp) if c.model == model and c.stage == method
-                    )
-                    base = {"model": model, "method": method, "engine": engine, "procs": procs}
-                    if method == "dpo" and (model, engine, procs) in failed:
-                        record({**base, "error": "its SFT cell failed"})
-                        continue
-                    job = make_job(exp, cell)
-                    try:
-                        if engine in ("torch", "trl") and method == "dpo":
-                            # start from the 1-process ZeRO-3 SFT model, as that DPO cell did
-                            source = paths.cell_dir("bench-zero3-1p", cell_id("sft", model, 0))
-                            job = job.model_copy(update={"init_from": str(source / "model")})
-                        threads = max(1, os.cpu_count() or 1)
-                        if engine == "torch":
-                            result = _run_floor(job, threads)
-                        elif engine == "trl":
-                            result = bench_trl.run_trl(job, method, threads)
-                        else:
-                            result = train_cell(job, on_line=lambda line: None)
-                        record({**base, **_row(model, method, engine, procs, result)})
-                    except (CellFailed, RuntimeError, FileNotFoundError) as err:
-                        if method == "sft":
-                            failed.add((model, engine, procs))
-                        record({**base, "error": str(err)})
+                for rnd in range(rounds):
+                    for engine, procs in engines:
+                        if (engine, procs, method) in cells:
+                            run_one(model, method, engine, procs, rnd)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if any("error" in r for r in report["rows"]):
         print(f"some cells failed: their folders are kept in {work}", flush=True)
@@ -538,6 +613,7 @@ def run_benchmark(
         key=lambda r: (
             models.index(r["model"]),
             METHODS.index(r["method"]),
+            r.get("round", 1),
             ("torch", "trl", "zero3").index(r["engine"]),
             r["procs"],
         )

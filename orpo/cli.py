@@ -186,7 +186,7 @@ def cmd_bench(args) -> int:
 
     try:
         engines = [parse_engine(e) for e in args.engines]
-        check_selection(args.methods, engines, args.global_batch)
+        check_selection(args.methods, engines, args.global_batch, args.rounds)
     except ValueError as err:
         return _fail(str(err))
     run_benchmark(
@@ -197,6 +197,7 @@ def cmd_bench(args) -> int:
         engines=engines,
         against_trl=args.against == "trl",
         global_batch=args.global_batch,
+        rounds=args.rounds,
     )
     return 0
 
@@ -307,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["zero3x1", "zero3x2", "torch"],
         help="ZeRO-3 with 1 or 2 processes, and the plain-torch floor",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the engines of each (model, method) this many times in turn, each round in "
+        "fresh cells; the tables add each round's ratios and their median, which a machine "
+        "whose speed drifts from minute to minute needs (default 1)",
     )
     p.add_argument(
         "--against",

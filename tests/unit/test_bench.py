@@ -114,3 +114,46 @@ def test_the_table_names_the_cpu_by_family_and_model(tmp_path):
     report = _report([])
     report["machine"]["cpu_model"] = "AMD EPYC, family 23 model 1, AVX-512 no"
     assert "2 CPUs (AMD EPYC, family 23 model 1, AVX-512 no)" in render_table(report)
+
+
+def test_rounds_must_be_at_least_one():
+    check_selection(["orpo"], [("torch", 1)], rounds=3)
+    with pytest.raises(ValueError, match="rounds 0: must be at least 1"):
+        check_selection(["orpo"], [("torch", 1)], rounds=0)
+
+
+def test_each_round_compares_with_the_floor_measured_beside_it():
+    # round 1 ran on a slow minute, round 2 on a fast one: pairing by round gives 1.50x and
+    # 1.20x; pairing round 2's ZeRO-3 with round 1's floor would read 0.60x
+    timings = {
+        1: {"torch": 4.0, "zero3": 6.0, "trl": 8.0},
+        2: {"torch": 1.0, "zero3": 1.2, "trl": 1.5},
+    }
+    rows = [
+        {**_row("m", "orpo", e, 1, _result(t, 4000, 500, {"zero3": 600}.get(e, 400))), "round": n}
+        for n, by_engine in timings.items()
+        for e, t in by_engine.items()
+    ]
+    report = _report(rows)
+    report["settings"]["rounds"] = 2
+    table = render_table(report)
+    assert "2 rounds: the engines of each (model, method) ran in turn" in table
+    main = table.split("## Across rounds")[0]
+    assert "| 1.50x | 1.50x |" in next(line for line in main.splitlines() if "| 1.500 |" in line)
+    assert "| 1.20x | 1.50x |" in next(line for line in main.splitlines() if "| 0.300 |" in line)
+    across = table.split("## Across rounds")[1].split("## Against TRL")[0]
+    zero3 = next(line for line in across.splitlines() if "| ZeRO-3 |" in line)
+    # s/step per round, time ratios and median, RSS ratios and median, tokens/s vs TRL
+    assert "| 1.500, 0.300 | 1.50x, 1.20x | 1.35x | 1.50x, 1.50x | 1.50x |" in zero3
+    assert "| 1.33x, 1.25x | 1.29x |" in zero3  # TRL 8 s and 1.5 s against our 6 s and 1.2 s
+    trl = table.split("## Against TRL")[1]
+    assert "| m | orpo (round 2) | 0.375 |" in trl
+
+
+def test_one_round_adds_no_round_column_or_table():
+    rows = [
+        {**_row("m", "orpo", e, 1, _result(2.0, 4000, 500, 400)), "round": 1}
+        for e in ("torch", "zero3")
+    ]
+    table = render_table(_report(rows))
+    assert "Across rounds" not in table and "round" not in table.splitlines()[4]
