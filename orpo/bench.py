@@ -592,6 +592,8 @@ def run_benchmark(
                     result = bench_trl.run_trl(job, method, threads)
                 else:
                     result = train_cell(job, on_line=lambda line: None)
+                    if result.get("status") == "cached":  # a stored result: nothing was timed
+                        raise RuntimeError(f"{job.cell.id}: served from the store, not trained")
                 record({**base, **_row(model, method, engine, procs, result)})
             except (CellFailed, RuntimeError, FileNotFoundError) as err:
                 if method == "sft":
