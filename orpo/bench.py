@@ -312,7 +312,8 @@ def render_table(report: dict) -> str:
             f"{_optional(r.get('model_tflops'), '.3f')} | "
             f"{_optional(r.get('mfu'), '.1%')} | {r.get('load_avg_1m', '-')} |" + which
         )
-    return "\n".join(lines + _rounds_table(report["rows"]) + _trl_table(report["rows"])) + "\n"
+    rows = report["rows"]
+    return "\n".join(lines + _rounds_table(rows, rounds) + _trl_table(rows, rounds)) + "\n"
 
 
 def _cell(row: dict) -> tuple:
@@ -324,11 +325,11 @@ def _by_cell(rows: list[dict], engine: str) -> dict[tuple, dict]:
     return {_cell(r): r for r in rows if r["engine"] == engine and "error" not in r}
 
 
-def _rounds_table(rows: list[dict]) -> list[str]:
+def _rounds_table(rows: list[dict], rounds: int) -> list[str]:
     """With several rounds: each round's ratio to the floor measured beside it, and their
     median. A ratio within one round is a paired measurement (both cells ran minutes apart);
     its spread over rounds shows how far one round's ratio can be trusted."""
-    if max((r.get("round", 1) for r in rows), default=1) < 2:
+    if rounds < 2:
         return []
     floors, anchors = _by_cell(rows, "torch"), _by_cell(rows, "trl")
     lines = [
@@ -375,7 +376,7 @@ def _ratio(row: dict, floor: dict | None, key: str) -> str:
     return f"{row[key] / floor[key]:.2f}x"
 
 
-def _trl_table(rows: list[dict]) -> list[str]:
+def _trl_table(rows: list[dict], rounds: int) -> list[str]:
     """Our engines' tokens/s against TRL's on the same model, rows and settings, per method."""
     ok = [r for r in rows if "error" not in r]
     trl = _by_cell(ok, "trl")
@@ -393,12 +394,11 @@ def _trl_table(rows: list[dict]) -> list[str]:
         "| tokens/s | tokens/step | vs TRL |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    several = max(r.get("round", 1) for r in ok) > 1
     for r in ok:
         anchor = trl.get(_cell(r))
         if anchor is None or r["engine"] == "trl":
             continue
-        method = f"{r['method']} (round {r['round']})" if several else r["method"]
+        method = f"{r['method']} (round {r['round']})" if rounds > 1 else r["method"]
         lines.append(
             f"| {r['model']} | {method} | {anchor['seconds_per_step']:.3f} | "
             f"{_fmt(anchor['tokens_per_s'])} | {_fmt(anchor['tokens_per_step'])} | "
@@ -573,8 +573,14 @@ def run_benchmark(
         def run_one(model: str, method: str, engine: str, procs: int, rnd: int) -> None:
             exp = experiments[engine, procs, rnd]
             cell = next(c for c in expand_cells(exp) if c.model == model and c.stage == method)
-            base = {"model": model, "method": method, "engine": engine, "procs": procs}
-            base["round"] = rnd + 1  # counted from 1, as printed
+            # rounds count from 1 in rows, as printed
+            base = {
+                "model": model,
+                "method": method,
+                "engine": engine,
+                "procs": procs,
+                "round": rnd + 1,
+            }
             if method == "dpo" and (model, engine, procs, rnd) in failed:
                 record({**base, "error": "its SFT cell failed"})
                 return
