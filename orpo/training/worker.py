@@ -32,10 +32,10 @@ from orpo.models import (
     save_model,
     trainable_parameters,
 )
-from orpo.timing import Phases, peak_rss_mb, startup_seconds
+from orpo.timing import Phases, map_large_blocks, peak_rss_mb, startup_seconds
 from orpo.tracking import JsonlSink, MlflowSink, NullSink, TeeSink, cell_totals
 from orpo.training.batches import StageData, load_stage_data, shard_batches, total_steps
-from orpo.training.engine import DeepSpeedEngine
+from orpo.training.engine import DeepSpeedEngine, pick_device
 from orpo.training.job import CellJob, cell_key, hash_dir
 from orpo.training.loop import LoopConfig, NonFiniteLoss, run_loop
 from orpo.training.objectives import ObjectiveConfig, pair_logps
@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m orpo.training.worker JOB.json", file=sys.stderr)
         return 2
     job = CellJob.read(args[0])
+    if pick_device(job.resources) == "cpu":
+        map_large_blocks()  # before the model exists: less heap left resident by each step
     # "[cell] FAILED: ..." is the line the launcher quotes in CellFailed (torchrun's own
     # ChildFailedError report names no cause).
     try:

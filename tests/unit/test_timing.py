@@ -97,3 +97,43 @@ def test_the_heap_is_trimmed_only_once_enough_freed_memory_piled_up():
     assert before - resident_mb() > 100
     assert not trim()  # nothing new since
     assert kept.sum() == 16_000
+
+
+_MAPPED_AFTER_REUSE = """
+import ctypes, sys
+from orpo.timing import map_large_blocks
+
+class MallInfo2(ctypes.Structure):  # glibc >= 2.33
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+was_set = map_large_blocks() if sys.argv[1] == "set" else False
+size = 3 << 20  # 3 MiB: above 1 MiB, below glibc's dynamic ceiling of 32 MiB
+libc.free(libc.malloc(size))  # by default this raises the threshold to 3 MiB
+mapped = libc.mallinfo2().hblks  # blocks that have a mapping of their own
+block = libc.malloc(size)
+print(was_set, libc.mallinfo2().hblks - mapped)
+libc.free(block)
+"""
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="not glibc: there is no mallopt to call")
+def test_large_blocks_keep_their_own_mapping_once_set(monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+    def run(*args: str) -> list[str]:
+        cmd = [sys.executable, "-c", _MAPPED_AFTER_REUSE, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+
+    # glibc's default moves the threshold up to the freed block: the second one comes from the heap
+    assert run("default") == ["False", "0"]
+    assert run("set") == ["True", "1"]
+    # a threshold the user gave glibc wins: the lab leaves it alone
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(64 << 20))
+    assert run("set") == ["False", "0"]
