@@ -165,9 +165,9 @@ def map_large_blocks(threshold: int = TRAINING_MMAP_THRESHOLD) -> bool:
     around them: freed memory the next step cannot reuse stays resident. ZeRO-3's hooks
     interleave more such blocks, and its forward left 150-320 MB more resident than plain
     torch's for the same tensors. With a fixed 1 MiB threshold both engines' step peaks fell
-    (SmolLM2 ORPO: plain torch 4,758-4,801 -> 4,575-4,584 MB, ZeRO-3 5,564-5,793 -> 5,126-5,131
-    MB) without slowing plain torch's step beyond the run-to-run spread. Called once at the
-    start of a CPU training process, before the model is built."""
+    (SmolLM2 ORPO, three rounds: plain torch 4,762-4,767 -> 4,573-4,579 MB, ZeRO-3 5,698-5,793
+    -> 5,115-5,130 MB) without slowing either step beyond the run-to-run spread. Called once at
+    the start of a CPU training process, before the model is built."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
         "GLIBC_TUNABLES", ""
     ):
