@@ -168,10 +168,10 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
         hf_logging.disable_progress_bar()  # "Loading weights" bars of the DPO init model
         from orpo.methods import needs_reference
         from orpo.models import build_model, count_parameters
-        from orpo.timing import map_large_blocks, peak_rss_mb
+        from orpo.timing import peak_rss_mb
         from orpo.tracking import NullSink
         from orpo.training.batches import load_stage_data, total_steps
-        from orpo.training.engine import TorchEngine, pick_device
+        from orpo.training.engine import TorchEngine
         from orpo.training.job import CellJob
         from orpo.training.loop import run_loop
         from orpo.training.worker import (
@@ -181,12 +181,12 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
             peak_gpu_mb,
             reference_logps,
             resolve_tokenizer,
+            tune_heap,
         )
 
         started = time.time()
         job = CellJob.model_validate_json(job_json)
-        if pick_device(job.resources) == "cpu":
-            map_large_blocks()  # as a cell's worker does
+        tune_heap(job)
         tokenizer = resolve_tokenizer(job)
         data = load_stage_data(
             job.cell.stage, job.data_dir, tokenizer, job.max_length, job.max_prompt_length

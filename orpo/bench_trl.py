@@ -151,16 +151,14 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
         torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()
         from orpo.models import build_model, count_parameters
-        from orpo.timing import map_large_blocks, peak_rss_mb
+        from orpo.timing import peak_rss_mb
         from orpo.training.batches import total_steps
-        from orpo.training.engine import pick_device
         from orpo.training.job import CellJob
-        from orpo.training.worker import model_kind, peak_gpu_mb, resolve_tokenizer
+        from orpo.training.worker import model_kind, peak_gpu_mb, resolve_tokenizer, tune_heap
 
         started = time.time()
         job = CellJob.model_validate_json(job_json)
-        if pick_device(job.resources) == "cpu":
-            map_large_blocks()  # the allocator our engines train with, so only the code differs
+        tune_heap(job)
         tokenizer = resolve_tokenizer(job)
         model = build_model(
             job.init_from or job.model, tokenizer, kind=model_kind(job), seed=job.cell.seed

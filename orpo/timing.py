@@ -124,12 +124,16 @@ def breakdown_lines(
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None under another C library (macOS, musl)."""
+def _glibc(name: str):
+    """The glibc function `name`, or None under another C library (macOS, musl)."""
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None
+
+
+def _malloc_trim():
+    return _glibc("malloc_trim")
 
 
 def release_freed_memory() -> None:
@@ -172,11 +176,8 @@ def map_large_blocks(threshold: int = TRAINING_MMAP_THRESHOLD) -> bool:
         "GLIBC_TUNABLES", ""
     ):
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
 
 
 def resident_mb() -> float:

@@ -337,14 +337,21 @@ def _write_outputs(out: Path, ds_config: dict, result: dict, sink) -> None:
             sink.log_artifact(out / name)
 
 
+def tune_heap(job: CellJob) -> None:
+    """First thing in every process that trains on the CPU (a cell's worker, the bench's floor
+    and its TRL runs alike, so they differ only in code): `map_large_blocks`, before the model
+    exists. GPU processes keep glibc's default (not measured there)."""
+    if pick_device(job.resources) == "cpu":
+        map_large_blocks()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m orpo.training.worker JOB.json", file=sys.stderr)
         return 2
     job = CellJob.read(args[0])
-    if pick_device(job.resources) == "cpu":
-        map_large_blocks()  # before the model exists: less heap left resident by each step
+    tune_heap(job)
     # "[cell] FAILED: ..." is the line the launcher quotes in CellFailed (torchrun's own
     # ChildFailedError report names no cause).
     try:
