@@ -30,11 +30,14 @@ import platform
 import shutil
 import statistics
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from orpo.methods import PAPER_METHODS
+from orpo.turns import TURNS_ENV, mark_done, turns_spec
 
 METHODS = PAPER_METHODS  # the paper's three; the others cost what ORPO or DPO cost per step
 GLOBAL_BATCH = 16  # pairs per optimizer step (`--global-batch`; a GPU wants more)
@@ -158,8 +161,9 @@ def _row(model: str, method: str, engine: str, procs: int, result: dict) -> dict
     }
 
 
-def _floor_child(job_json: str, threads: int, queue) -> None:
-    """Plain torch, in this (spawned) process: same data, model, objective and loop."""
+def _floor_child(job_json: str, threads: int, turns: str | None, queue) -> None:
+    """Plain torch, in this (spawned) process: same data, model, objective and loop; with
+    `turns` (a TURNS_ENV value), stepping in turn with the other engines."""
     try:
         import torch
         from transformers.utils import logging as hf_logging
@@ -183,6 +187,7 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
             resolve_tokenizer,
             tune_heap,
         )
+        from orpo.turns import StepTurns
 
         started = time.time()
         job = CellJob.model_validate_json(job_json)
@@ -206,7 +211,16 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
             ref_passes = sum(-(-len(items) // 16) for items in (data.train, data.eval))
         obj_cfg = objective_config(job)
         loop_cfg = loop_config(job, steps, ckpt_dir=None)
-        state = run_loop(engine, data, obj_cfg, loop_cfg, NullSink(), lambda message: None, ref)
+        state = run_loop(
+            engine,
+            data,
+            obj_cfg,
+            loop_cfg,
+            NullSink(),
+            lambda message: None,
+            ref,
+            turns=StepTurns.from_spec(turns),
+        )
         queue.put(
             {
                 "steps": state.step,
@@ -226,8 +240,8 @@ def _floor_child(job_json: str, threads: int, queue) -> None:
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
-def _run_floor(job, threads: int) -> dict:
-    return run_spawned(_floor_child, job.model_dump_json(), threads)
+def _run_floor(job, threads: int, turns: str | None = None) -> dict:
+    return run_spawned(_floor_child, job.model_dump_json(), threads, turns)
 
 
 def run_spawned(target, *args) -> dict:
@@ -275,6 +289,12 @@ def render_table(report: dict) -> str:
             f"; {rounds} rounds: the engines of each (model, method) ran in turn, each round "
             "in fresh cells, and each row compares with the floor of its own round"
             if rounds > 1
+            else ""
+        )
+        + (
+            "; paired: the engines of each (model, method) trained at the same time, each in "
+            "its own process, taking turns step by step (one step ran at a time)"
+            if s.get("paired")
             else ""
         )
         + ". s/step is the median optimizer step, the first left out as warm-up (start-up, "
@@ -461,10 +481,17 @@ def parse_engine(text: str) -> tuple[str, int]:
     raise ValueError(f"engine {text!r}: choose from {names}")
 
 
-def check_selection(methods, engines, global_batch: int = GLOBAL_BATCH, rounds: int = 1) -> None:
+def check_selection(
+    methods, engines, global_batch: int = GLOBAL_BATCH, rounds: int = 1, paired: bool = False
+) -> None:
     """Bad selections fail before anything trains, naming the value."""
     if rounds < 1:
         raise ValueError(f"rounds {rounds}: must be at least 1")
+    if paired and (several := [f"{e}x{p}" for e, p in engines if p > 1]):
+        # the ranks of one cell step together: one turn would hold only one of them
+        raise ValueError(
+            f"engine {several[0]}: --paired takes turns between one-process engines only"
+        )
     procs = max((p for _, p in engines), default=1)
     if global_batch < 1 or global_batch % procs:
         raise ValueError(
@@ -488,25 +515,28 @@ def run_benchmark(
     against_trl: bool = False,
     global_batch: int = GLOBAL_BATCH,
     rounds: int = 1,
+    paired: bool = False,
 ) -> Path:
     """Measure every selected (model, method, engine) cell, plus TRL's trainers with
     `against_trl`; write bench.json and bench.md into out_dir and return bench.md's path.
     With `rounds` > 1 the engines of each (model, method) run that many times in turn
     (A B A B ...), each round in fresh cells, and the tables add each round's ratios and
-    their median."""
+    their median. With `paired`, the engines of each (model, method) train at the same time,
+    each in its own process, and take turns step by step (`orpo.turns`): each ratio then
+    compares steps run seconds apart instead of cells run minutes apart."""
     from orpo import bench_trl, paths
     from orpo.config import cell_id, expand_cells
     from orpo.data.prepare import prepare_data
     from orpo.pipeline import make_job, train_cell
     from orpo.training.launch import CellFailed
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     # cells, models and data in a fresh folder (a finished cell would be cached, not re-run);
     # removed afterwards unless a cell failed (its train.log tells why)
     methods = [m for m in METHODS if m in methods]  # SFT before DPO, whatever the order given
     engines = [e for e in ENGINES if e in engines]
-    check_selection(methods, engines, global_batch, rounds)
+    check_selection(methods, engines, global_batch, rounds, paired)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     trl = bench_trl.require_trl() if against_trl else None
     if against_trl:
         engines.append(("trl", 1))
@@ -521,6 +551,7 @@ def run_benchmark(
             "trl": trl,
             "global_batch": global_batch,
             "rounds": rounds,
+            "paired": paired,
             "max_length": DATA["max_length"],
             "data": DATA,
         },
@@ -538,7 +569,13 @@ def run_benchmark(
     done = 0
     began = time.time()
 
+    lock = threading.Lock()  # paired cells finish in threads of their own
+
     def record(row: dict) -> None:
+        with lock:
+            _record(row)
+
+    def _record(row: dict) -> None:
         nonlocal done
         done += 1
         report["rows"].append(row)
@@ -572,7 +609,9 @@ def run_benchmark(
         # DPO start from ZeRO-3's SFT model of the same round, which runs first among the engines.
         failed: set[tuple[str, str, int, int]] = set()
 
-        def run_one(model: str, method: str, engine: str, procs: int, rnd: int) -> None:
+        def run_one(
+            model: str, method: str, engine: str, procs: int, rnd: int, turns: str | None = None
+        ) -> None:
             exp = experiments[engine, procs, rnd]
             cell = next(c for c in expand_cells(exp) if c.model == model and c.stage == method)
             # rounds count from 1 in rows, as printed
@@ -595,11 +634,12 @@ def run_benchmark(
                     job = job.model_copy(update={"init_from": str(source / "model")})
                 threads = max(1, os.cpu_count() or 1)
                 if engine == "torch":
-                    result = _run_floor(job, threads)
+                    result = _run_floor(job, threads, turns)
                 elif engine == "trl":
-                    result = bench_trl.run_trl(job, method, threads)
+                    result = bench_trl.run_trl(job, method, threads, turns)
                 else:
-                    result = train_cell(job, on_line=lambda line: None)
+                    env = {TURNS_ENV: turns} if turns else None
+                    result = train_cell(job, on_line=lambda line: None, extra_env=env)
                     if result.get("status") == "cached":  # a stored result: nothing was timed
                         raise RuntimeError(f"{job.cell.id}: served from the store, not trained")
                 record({**base, **_row(model, method, engine, procs, result)})
@@ -608,12 +648,30 @@ def run_benchmark(
                     failed.add((model, engine, procs, rnd))
                 record({**base, "error": str(err)})
 
+        def run_paired(model: str, method: str, rnd: int, group: list[tuple[str, int]]) -> None:
+            """The group's cells at once, each in its own process, stepping in turn."""
+            folder = work / "turns" / f"{model}-{method}-r{rnd + 1}"
+            folder.mkdir(parents=True)
+
+            def one(i: int, engine: str, procs: int) -> None:
+                try:
+                    run_one(model, method, engine, procs, rnd, turns_spec(folder, i, len(group)))
+                finally:  # returned or failed: the others no longer wait for its steps
+                    mark_done(folder, i)
+
+            with ThreadPoolExecutor(len(group)) as pool:
+                for future in [pool.submit(one, i, *e) for i, e in enumerate(group)]:
+                    future.result()
+
         for model in models:
             for method in methods:
                 for rnd in range(rounds):
-                    for engine, procs in engines:
-                        if (engine, procs, method) in cells:
-                            run_one(model, method, engine, procs, rnd)
+                    group = [(e, p) for e, p in engines if (e, p, method) in cells]
+                    if paired:
+                        run_paired(model, method, rnd, group)
+                        continue
+                    for engine, procs in group:
+                        run_one(model, method, engine, procs, rnd)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if any("error" in r for r in report["rows"]):
         print(f"some cells failed: their folders are kept in {work}", flush=True)

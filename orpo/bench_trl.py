@@ -141,7 +141,7 @@ def _trainer(method: str, job, model, tokenizer, rows: list[dict], steps: int, o
     return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
 
 
-def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
+def _trl_child(job_json: str, method: str, threads: int, turns: str | None, queue) -> None:
     try:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         import torch
@@ -155,6 +155,7 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
         from orpo.training.batches import total_steps
         from orpo.training.job import CellJob
         from orpo.training.worker import model_kind, peak_gpu_mb, resolve_tokenizer, tune_heap
+        from orpo.turns import StepTurns
 
         started = time.time()
         job = CellJob.model_validate_json(job_json)
@@ -169,12 +170,16 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
             len(rows), optim.epochs, optim.batch_size * optim.grad_accum, optim.max_steps
         )
 
+        in_turn = StepTurns.from_spec(turns)  # `orpo bench --paired`
+
         class StepTimer(TrainerCallback):
             def __init__(self):
                 self.steps, self.rss, self.t0 = 0, None, 0.0
                 self.each: list[float] = []  # seconds of each step
 
             def on_step_begin(self, args, state, control, **kwargs):
+                if in_turn is not None:
+                    in_turn.begin_step()
                 self.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
@@ -183,6 +188,12 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
                 self.each.append(time.perf_counter() - self.t0)
                 self.steps += 1
                 self.rss = peak_rss_mb()
+                if in_turn is not None:
+                    in_turn.end_step()
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if in_turn is not None:
+                    in_turn.finish()
 
         timer = StepTimer()
         with tempfile.TemporaryDirectory(prefix="orpo-bench-trl-") as out_dir:
@@ -210,8 +221,9 @@ def _trl_child(job_json: str, method: str, threads: int, queue) -> None:
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
-def run_trl(job, method: str, threads: int) -> dict:
-    """One TRL cell in a fresh interpreter; the same result keys as the floor's."""
+def run_trl(job, method: str, threads: int, turns: str | None = None) -> dict:
+    """One TRL cell in a fresh interpreter; the same result keys as the floor's. With `turns`
+    (a TURNS_ENV value), its steps take turns with the other engines'."""
     from orpo.bench import run_spawned
 
-    return run_spawned(_trl_child, job.model_dump_json(), method, threads)
+    return run_spawned(_trl_child, job.model_dump_json(), method, threads, turns)

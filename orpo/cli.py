@@ -186,7 +186,7 @@ def cmd_bench(args) -> int:
 
     try:
         engines = [parse_engine(e) for e in args.engines]
-        check_selection(args.methods, engines, args.global_batch, args.rounds)
+        check_selection(args.methods, engines, args.global_batch, args.rounds, args.paired)
     except ValueError as err:
         return _fail(str(err))
     run_benchmark(
@@ -198,6 +198,7 @@ def cmd_bench(args) -> int:
         against_trl=args.against == "trl",
         global_batch=args.global_batch,
         rounds=args.rounds,
+        paired=args.paired,
     )
     return 0
 
@@ -316,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the engines of each (model, method) this many times in turn, each round in "
         "fresh cells; the tables add each round's ratios and their median, which a machine "
         "whose speed drifts from minute to minute needs (default 1)",
+    )
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="train the engines of each (model, method) at the same time, each in its own "
+        "process, taking turns step by step, so that each ratio compares steps seconds apart "
+        "(one-process engines only; needs the memory of all of them at once)",
     )
     p.add_argument(
         "--against",

@@ -99,7 +99,9 @@ def finished_result(job: CellJob) -> dict | None:
     return result if result.get("key") == key else None
 
 
-def train_cell(job: CellJob, on_line: Callable[[str], None] = print) -> dict:
+def train_cell(
+    job: CellJob, on_line: Callable[[str], None] = print, extra_env: dict[str, str] | None = None
+) -> dict:
     """Run the job unless an identical one finished; returns its result.json content.
 
     The job runs in the store entry of its key (through its view `job.out`): a new key trains
@@ -115,6 +117,6 @@ def train_cell(job: CellJob, on_line: Callable[[str], None] = print) -> dict:
     (entry / store.KEY_FILE).write_text(key)
     on_line(f"{job.cell.id}: training in {entry} (key {key})")
     job.write()
-    run_cell(job, on_line)
+    run_cell(job, on_line, extra_env=extra_env)
     store.mark_finished(entry)
     return json.loads((entry / "result.json").read_text())

@@ -102,13 +102,17 @@ def launch_env(job: CellJob) -> dict[str, str]:
 
 
 def run_cell(
-    job: CellJob, on_line: Callable[[str], None] = print, job_path: Path | None = None
+    job: CellJob,
+    on_line: Callable[[str], None] = print,
+    job_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> None:
-    """Run the job's processes to completion; raise CellFailed on a non-zero exit."""
+    """Run the job's processes to completion; raise CellFailed on a non-zero exit.
+    `extra_env` adds to the processes' environment (the bench's step turns)."""
     job_path = job_path or job.write()
     port, procs, hostfile = free_port(), job.resources.procs_per_cell, job.resources.hostfile
     cmd = launch_command(job_path, procs, hostfile, port)
-    env = launch_env(job)
+    env = {**launch_env(job), **(extra_env or {})}
     if procs == 1 and not hostfile:
         env.update(single_process_env(port))
     on_line(f"launch: {' '.join(cmd)}")

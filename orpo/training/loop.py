@@ -8,6 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from orpo.training.objectives import (
     nll_tokens,
     pair_logps,
 )
+from orpo.turns import StepTurns
 
 PER_TOKEN_STATS = {"nll"}
 
@@ -160,8 +162,10 @@ def run_loop(
     log: Callable[[str], None],
     ref_logps: dict | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    turns: StepTurns | None = None,
 ) -> LoopState:
-    """Train for cfg.total_steps optimizer steps, resuming from the last checkpoint if any."""
+    """Train for cfg.total_steps optimizer steps, resuming from the last checkpoint if any.
+    With `turns` (`orpo bench --paired`), each step waits for this process's turn."""
     objective = OBJECTIVES[obj_cfg.stage]
     ref_train = ref_logps["train"] if ref_logps else None
     ref_eval = ref_logps["eval"] if ref_logps else None
@@ -188,69 +192,73 @@ def run_loop(
         state.eval_seconds += time.perf_counter() - t0
     engine.train(True)
     trim_heap = HeapTrim()
+    step_turn = turns.step if turns is not None else nullcontext
     while state.step < cfg.total_steps:
-        t0 = time.perf_counter()
-        step = state.step + 1  # 1-based, as logged
-        micro_batches = [
-            data.batch(data.train, idx) for idx in schedule.window(state.step, engine.rank)
-        ]
-        local = [
-            sum(nll_tokens(b, obj_cfg.stage, obj_cfg.nll_scope) for b in micro_batches),
-            sum(n_examples(b, obj_cfg.stage) for b in micro_batches),
-            sum(int(b["attention_mask"].sum()) for b in micro_batches),
-        ]
-        _, (tokens, examples, seen_tokens) = _reduce(engine, {}, local)
-        norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
-        sums: dict[str, float] = {}
-        for i, batch in enumerate(micro_batches):
-            inputs, ref = on_device(batch, ref_train, engine.device)
-            loss, stats = objective(engine.forward, inputs, norms, obj_cfg, ref)
-            engine.backward(loss)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if i < len(micro_batches) - 1:
-                engine.step()
-        sums, _ = _reduce(engine, sums, [])
-        if not math.isfinite(sums["loss"]):  # same total on every rank: all stop together
-            raise NonFiniteLoss(step, sums["loss"])
-        lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
-        engine.step()  # the boundary step applies the update only once the loss is known finite
-        trim_heap()  # freed activations and temporaries back to the OS before the next step
-        if engine.device.type == "cuda":  # kernels run asynchronously: time the finished step
-            torch.cuda.synchronize(engine.device)
-        elapsed = time.perf_counter() - t0
-        state.step_peak_rss_mb = peak_rss_mb()
-        state.step = step
-        state.forward_passes += len(micro_batches) * engine.world_size
-        state.tokens += int(seen_tokens)
-        state.train_seconds += elapsed
-        state.step_seconds.append(elapsed)
-        state.last_train_loss = sums["loss"]
-        metrics = _means(sums, norms, "train")
-        metrics.update(
-            {
-                "train/lr": lr,
-                "train/grad_norm": engine.grad_norm(),
-                "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9),
-            }
-        )
-        if step % cfg.eval_every == 0 or step == cfg.total_steps:
-            eval_metrics, n_fwd = evaluate(engine, data, obj_cfg, ref_eval, cfg.eval_batch_size)
-            state.eval_forward_passes += n_fwd * engine.world_size
-            metrics.update(eval_metrics)
-            if eval_metrics["eval/loss"] < state.best_eval_loss:
-                state.best_eval_loss, state.best_step = eval_metrics["eval/loss"], step
-                if cfg.ckpt_dir is not None:  # the paper keeps the best checkpoint by eval loss
-                    engine.save(cfg.ckpt_dir, "best", state.client_state(), latest=False)
-        sink.log_metrics(step, metrics)  # before the checkpoint: a resume drops lines after it
-        if cfg.ckpt_dir is not None and (
-            step % cfg.checkpoint_every == 0 or step == cfg.total_steps
-        ):
-            _save_step_checkpoint(engine, cfg.ckpt_dir, state)
-            sink.flush()  # buffered metrics up to the checkpoint survive a crash after it
-        if progress is not None:
-            progress(step, metrics)
-        state.eval_seconds += time.perf_counter() - t0 - elapsed
+        with step_turn():  # alone: no-op; in `orpo bench --paired`: one process at a time
+            t0 = time.perf_counter()
+            step = state.step + 1  # 1-based, as logged
+            micro_batches = [
+                data.batch(data.train, idx) for idx in schedule.window(state.step, engine.rank)
+            ]
+            local = [
+                sum(nll_tokens(b, obj_cfg.stage, obj_cfg.nll_scope) for b in micro_batches),
+                sum(n_examples(b, obj_cfg.stage) for b in micro_batches),
+                sum(int(b["attention_mask"].sum()) for b in micro_batches),
+            ]
+            _, (tokens, examples, seen_tokens) = _reduce(engine, {}, local)
+            norms = Norms(tokens=max(tokens, 1.0), examples=max(examples, 1.0))
+            sums: dict[str, float] = {}
+            for i, batch in enumerate(micro_batches):
+                inputs, ref = on_device(batch, ref_train, engine.device)
+                loss, stats = objective(engine.forward, inputs, norms, obj_cfg, ref)
+                engine.backward(loss)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if i < len(micro_batches) - 1:
+                    engine.step()
+            sums, _ = _reduce(engine, sums, [])
+            if not math.isfinite(sums["loss"]):  # same total on every rank: all stop together
+                raise NonFiniteLoss(step, sums["loss"])
+            lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
+            engine.step()  # the boundary step applies the update only once the loss is known finite
+            trim_heap()  # freed activations and temporaries back to the OS before the next step
+            if engine.device.type == "cuda":  # kernels run asynchronously: time the finished step
+                torch.cuda.synchronize(engine.device)
+            elapsed = time.perf_counter() - t0
+            state.step_peak_rss_mb = peak_rss_mb()
+            state.step = step
+            state.forward_passes += len(micro_batches) * engine.world_size
+            state.tokens += int(seen_tokens)
+            state.train_seconds += elapsed
+            state.step_seconds.append(elapsed)
+            state.last_train_loss = sums["loss"]
+            metrics = _means(sums, norms, "train")
+            metrics.update(
+                {
+                    "train/lr": lr,
+                    "train/grad_norm": engine.grad_norm(),
+                    "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9),
+                }
+            )
+            if step % cfg.eval_every == 0 or step == cfg.total_steps:
+                eval_metrics, n_fwd = evaluate(engine, data, obj_cfg, ref_eval, cfg.eval_batch_size)
+                state.eval_forward_passes += n_fwd * engine.world_size
+                metrics.update(eval_metrics)
+                if eval_metrics["eval/loss"] < state.best_eval_loss:
+                    state.best_eval_loss, state.best_step = eval_metrics["eval/loss"], step
+                    if cfg.ckpt_dir is not None:  # the paper keeps the best checkpoint by eval loss
+                        engine.save(cfg.ckpt_dir, "best", state.client_state(), latest=False)
+            sink.log_metrics(step, metrics)  # before the checkpoint: a resume drops lines after it
+            if cfg.ckpt_dir is not None and (
+                step % cfg.checkpoint_every == 0 or step == cfg.total_steps
+            ):
+                _save_step_checkpoint(engine, cfg.ckpt_dir, state)
+                sink.flush()  # buffered metrics up to the checkpoint survive a crash after it
+            if progress is not None:
+                progress(step, metrics)
+            state.eval_seconds += time.perf_counter() - t0 - elapsed
+    if turns is not None:
+        turns.finish()  # paired: the export waits for the other engines' last steps
     sink.flush()
     return state
 

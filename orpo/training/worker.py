@@ -39,6 +39,7 @@ from orpo.training.engine import DeepSpeedEngine, pick_device
 from orpo.training.job import CellJob, cell_key, hash_dir
 from orpo.training.loop import LoopConfig, NonFiniteLoss, run_loop
 from orpo.training.objectives import ObjectiveConfig, pair_logps
+from orpo.turns import StepTurns
 
 # torch deprecates the collectives DeepSpeed's ZeRO-3 calls on every step; without this filter
 # each step adds two FutureWarning lines to the cell's log.
@@ -256,9 +257,10 @@ def train(job: CellJob) -> dict:
     obj_cfg = objective_config(job)
     ckpt_dir = out / "checkpoints"
     loop_cfg = loop_config(job, steps, ckpt_dir)
-    state = run_loop(
-        engine, data, obj_cfg, loop_cfg, sink, log, ref, make_progress(steps, rank, log)
-    )
+    progress = make_progress(steps, rank, log)
+    # set only by `orpo bench --paired` (one-process cells), which steps engines in turn
+    turns = StepTurns.from_env()
+    state = run_loop(engine, data, obj_cfg, loop_cfg, sink, log, ref, progress, turns)
     model_dir = out / "model"
     with_adapters = _adapters(job)
     with phases("export_seconds"):

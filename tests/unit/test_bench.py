@@ -157,3 +157,12 @@ def test_one_round_adds_no_round_column_or_table():
     ]
     table = render_table(_report(rows))
     assert "Across rounds" not in table and "round" not in table.splitlines()[4]
+
+
+def test_paired_takes_one_process_engines_only_and_refuses_before_writing(tmp_path):
+    from orpo.bench import run_benchmark
+
+    with pytest.raises(ValueError, match="engine zero3x2: --paired takes turns between"):
+        run_benchmark(tmp_path / "out", engines=[("zero3", 2), ("torch", 1)], paired=True)
+    assert not (tmp_path / "out").exists()
+    check_selection(["sft"], [("zero3", 1), ("torch", 1)], paired=True)

@@ -35,7 +35,7 @@ class FakeTraining:
         self.calls: list[dict] = []
         self.fail_next = False
 
-    def __call__(self, job, on_line=print):
+    def __call__(self, job, on_line=print, extra_env=None):
         out = job.out
         self.calls.append(
             {"cell": job.cell.id, "lr": job.optim.lr, "resumed": (out / "checkpoints").is_dir()}
