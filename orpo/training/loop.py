@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from orpo.timing import HeapTrim, peak_rss_mb
+from orpo.timing import HeapTrim, peak_rss_mb, temporaries_on_heap
 from orpo.training.batches import Schedule, StageData, shard_batches
 from orpo.training.objectives import (
     OBJECTIVES,
@@ -220,7 +220,8 @@ def run_loop(
             if not math.isfinite(sums["loss"]):  # same total on every rank: all stop together
                 raise NonFiniteLoss(step, sums["loss"])
             lr = engine.lr()  # the rate this update uses (the scheduler advances inside step())
-            engine.step()  # the boundary step applies the update only once the loss is known finite
+            with temporaries_on_heap():  # its temporaries recur at the same sizes each step
+                engine.step()  # the boundary step applies the update only once the loss is finite
             trim_heap()  # freed activations and temporaries back to the OS before the next step
             if engine.device.type == "cuda":  # kernels run asynchronously: time the finished step
                 torch.cuda.synchronize(engine.device)
