@@ -174,8 +174,9 @@ def map_large_blocks(threshold: int = TRAINING_MMAP_THRESHOLD) -> bool:
     interleave more such blocks, and its forward left 150-320 MB more resident than plain
     torch's for the same tensors. With a fixed 1 MiB threshold both engines' step peaks fell
     (SmolLM2 ORPO, three rounds: plain torch 4,762-4,767 -> 4,573-4,579 MB, ZeRO-3 5,698-5,793
-    -> 5,115-5,130 MB) without slowing either step beyond the run-to-run spread. Called once at
-    the start of a CPU training process, before the model is built."""
+    -> 5,115-5,130 MB). The optimizer step, whose temporaries recur at the same sizes every
+    step, runs inside `temporaries_on_heap` instead. Called once at the start of a CPU training
+    process, before the model is built."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
         "GLIBC_TUNABLES", ""
     ):
