@@ -16,6 +16,10 @@ Peak RSS comes twice: over the whole cell, and by the end of the last optimizer 
 peak"), which leaves out what only a real cell does after training (the final checkpoint, the
 ZeRO-3 consolidation and export) and so compares the engines' training memory.
 
+With `rounds`, the engines of each (model, method) run that many times in turn; with `paired`,
+they train at the same time in their own processes and take turns step by step (orpo.turns),
+so that a ratio compares steps run seconds apart rather than cells run minutes apart.
+
 The global batch is the same everywhere (2 processes run half the micro-batch each). Writes
 `bench.json` and the markdown table `bench.md` into `out_dir`. A benchmark, not a test: the
 figures depend on the machine and on whatever else runs on it.

@@ -45,6 +45,7 @@ class StepTurns:
             raise ValueError(f"turn index {index}: must be in 0..{count - 1}")
         self.folder, self.index, self.count = Path(folder), index, count
         self.timeout_s = timeout_s
+        self.parent = os.getppid()  # the bench that started this process
 
     @classmethod
     def from_spec(cls, spec: str | None) -> StepTurns | None:
@@ -107,6 +108,11 @@ class StepTurns:
     def _wait(self, ready, what: str) -> None:
         began = time.monotonic()
         while not ready():
+            if os.getppid() != self.parent:  # the bench was killed: nobody will mark it done
+                raise RuntimeError(
+                    f"participant {self.index} of {self.count}: the process that started it "
+                    f"is gone, so the turns in {self.folder} will not move on"
+                )
             if time.monotonic() - began > self.timeout_s:
                 raise TimeoutError(
                     f"participant {self.index} of {self.count} waited {self.timeout_s:.0f} s for "

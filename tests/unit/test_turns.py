@@ -4,7 +4,9 @@ robin, none before all have set up, and a participant that ends early never bloc
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,27 @@ def test_waiting_gives_up_with_a_clear_error(tmp_path):
     turns = StepTurns(tmp_path, 1, 2, timeout_s=0.05)  # participant 0 never shows up
     with pytest.raises(TimeoutError, match="participant 1 of 2 waited 0 s for its turn to step"):
         turns.begin_step()
+
+
+def _orphan(folder: str, queue) -> None:
+    """Forks a participant that waits for a turn that never comes, and exits at once (as a
+    killed bench would), leaving it an orphan."""
+    if os.fork() == 0:
+        try:
+            StepTurns(Path(folder), 1, 2).begin_step()  # participant 0 never shows up
+            queue.put("stepped")
+        except RuntimeError as err:
+            queue.put(str(err))
+        finally:
+            queue.close()
+            queue.join_thread()
+            os._exit(0)
+
+
+def test_a_participant_whose_bench_is_gone_stops_waiting(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    starter = ctx.Process(target=_orphan, args=(str(tmp_path), queue))
+    starter.start()
+    starter.join()
+    assert "the process that started it is gone" in queue.get(timeout=30)
