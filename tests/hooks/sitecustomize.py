@@ -41,7 +41,7 @@ def _install(fault: dict) -> None:
     # ran: replacing it there is what the worker gets.
     original_run_loop = loop.run_loop
 
-    def run_loop(engine, data, obj_cfg, loop_cfg, sink, log, ref=None, progress=None):
+    def run_loop(engine, data, obj_cfg, loop_cfg, sink, log, ref=None, progress=None, turns=None):
         logged = {"step": 0}  # the last step whose metrics were logged (0: the step-0 eval)
 
         class FaultySink:
@@ -66,7 +66,7 @@ def _install(fault: dict) -> None:
         loop.OBJECTIVES[obj_cfg.stage] = faulty_objective
         try:
             return original_run_loop(
-                engine, data, obj_cfg, loop_cfg, FaultySink(), log, ref, progress
+                engine, data, obj_cfg, loop_cfg, FaultySink(), log, ref, progress, turns
             )
         finally:
             loop.OBJECTIVES[obj_cfg.stage] = objective
