@@ -9,6 +9,7 @@ keys, so users never hand us raw DeepSpeed JSON.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -213,6 +214,48 @@ def share_fp32_masters(optimizer) -> int:
     return shared
 
 
+def weights_as_partitions(optimizer) -> int:
+    """On one process, let every resident ZeRO-3 weight be a view of its partition instead of a
+    second copy of it; returns how many weights now are.
+
+    ZeRO-3 keeps each weight's partition in its flat groups (the fp32 masters too, after
+    `share_fp32_masters`) and gathers the full weight into `param.data` for the forward and
+    backward passes. The config keeps every weight resident on one process
+    (`stage3_param_persistence_threshold`), so the model was held twice: SmolLM2-135M's step
+    peak was 540 MB (its fp32 size) above plain torch's. And since each optimizer step releases
+    every weight and gathers the resident ones again, each step allocated, page-faulted and
+    copied a whole model's worth of fresh memory. With one process a partition is the whole
+    weight (no padding), so gathering it is viewing it: each resident weight's `all_gather`,
+    the call DeepSpeed gathers resident weights with after a step and after loading a
+    checkpoint, is replaced by one that re-points the weight at its partition. The optimizer
+    updates the partitions in place, so the views see every update; the arithmetic is the
+    same. Several processes (real partitions) are left as they are."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    resident = list(getattr(optimizer, "persistent_parameters", None) or [])
+    if dist.get_world_size() != 1 or not resident:
+        return 0
+    if any(p.ds_tensor is None or p.ds_tensor.numel() != p.ds_numel for p in resident):
+        return 0  # a partition that is not the whole weight (offloaded, padded): keep copies
+
+    def view_partitions(default, param_list=None, async_op=False, hierarchy=0):
+        for p in param_list if param_list is not None else [default]:
+            if p.ds_status == ZeroParamStatus.NOT_AVAILABLE:
+                p.data = p.ds_tensor.data.view(p.ds_shape)
+                p.ds_status = ZeroParamStatus.AVAILABLE
+        return [] if async_op else None
+
+    for p in resident:
+        if p.ds_status == ZeroParamStatus.AVAILABLE:  # gathered already: drop the copy
+            if not torch.equal(p.data, p.ds_tensor.data.view(p.ds_shape)):
+                raise RuntimeError(f"ZeRO-3 weight {p.ds_id} differs from its partition")
+            p.ds_status = ZeroParamStatus.NOT_AVAILABLE
+        p.all_gather = functools.partial(view_partitions, p)
+    # after initialisation DeepSpeed leaves them released, to be gathered by the first forward
+    view_partitions(None, resident)
+    return len(resident)
+
+
 class DeepSpeedEngine:
     """The loop's view of a DeepSpeed engine: forward, backward, step, checkpoints, export."""
 
@@ -249,6 +292,7 @@ class DeepSpeedEngine:
         self.zero_stage = resources.zero_stage
         release_shm_allreduce_name(self.rank)
         self.shared_master_groups = share_fp32_masters(self.engine.optimizer)
+        self.weights_as_partitions = weights_as_partitions(self.engine.optimizer)
 
     @property
     def module(self) -> torch.nn.Module:

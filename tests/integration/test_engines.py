@@ -1,8 +1,9 @@
 """ZeRO-3 on one process, with the DeepSpeed config the lab generates for it (every parameter
 resident, torch's linear, gradients all-reduced in place, a gradient bucket smaller than
-the largest parameters, the optimizer stepped in sub-groups) and fp32 weights serving as their
-own optimizer masters, trains the same numbers as the plain-torch floor: the tuning changes
-where the work happens, not the arithmetic."""
+the largest parameters, the optimizer stepped in sub-groups), fp32 weights serving as their
+own optimizer masters and resident weights as views of their partitions, trains the same
+numbers as the plain-torch floor: the tuning changes where the work happens, not the
+arithmetic."""
 
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     assert zero3.shared_master_groups == len(masters) > 1
     for weight, master in zip(optimizer.fp16_partitioned_groups_flat, masters, strict=True):
         assert master.data_ptr() == weight.data_ptr()
+    # each resident weight is a view of its partition, not a second copy of the model
+    params = list(zero3.module.parameters())
+    assert zero3.weights_as_partitions == len(params)
+
+    def views_of_partitions() -> bool:
+        return all(p.data_ptr() == p.ds_tensor.data_ptr() for p in params)
+
+    assert views_of_partitions()
     ids = torch.randint(4, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
     for step in range(3):
@@ -56,8 +65,8 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
             losses.append(float(loss))
         assert losses[0] == pytest.approx(losses[1], rel=1e-5), step
         assert floor.grad_norm() == pytest.approx(zero3.grad_norm(), rel=1e-4), step
+        assert views_of_partitions(), step  # the gather after each step re-points them
     assert floor.grad_norm() > optim.max_grad_norm  # clipping took part
-    params = list(zero3.module.parameters())
     with deepspeed.zero.GatheredParameters(params):
         trained = {n: p.detach().clone() for n, p in zero3.module.named_parameters()}
     # AdamW divides each element's update by its gradient's running RMS, so where a gradient is

@@ -70,9 +70,18 @@ def test_generation_rows_are_seeded_with_greedy_last(tiny):
     assert [r for r in alone if r["sample_index"] == GREEDY_SAMPLE_INDEX] == greedy
 
 
-def test_generation_under_deepspeed_zero3_matches_plain_model(tiny, single_rank):
+def test_generation_under_deepspeed_zero3_matches_plain_model(tiny, single_rank, monkeypatch):
+    from orpo.training import engine as engine_module
     from orpo.training.engine import DeepSpeedEngine
 
+    def released_between_uses(*args, **kwargs) -> dict:
+        # as with several processes: no weight stays resident, the hooks gather each one
+        config = deepspeed_config(*args, **kwargs)
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        return config
+
+    deepspeed_config = engine_module.deepspeed_config
+    monkeypatch.setattr(engine_module, "deepspeed_config", released_between_uses)
     model, tokenizer, prompts = tiny
     engine = DeepSpeedEngine(
         copy.deepcopy(model),
