@@ -36,11 +36,12 @@ demo: setup
 	$(VENV)/bin/orpo run experiments/smoke.yaml
 
 # Set up (Chromium for the report screenshot test and PostgreSQL for the team set-up test
-# included), lint, run every test tier.
+# included), lint, run every test tier: in two pytest workers, one test file each at a time
+# (most tests wait on processes they start; one worker kept a 2-core machine half idle).
 test: setup chromium postgresql
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 ORPO_REQUIRE_TRL=1 $(PY) -m pytest -q
+	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 ORPO_REQUIRE_TRL=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit

@@ -40,6 +40,9 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     assert zero["reduce_scatter"] is False
     assert zero["reduce_bucket_size"] == largest // 2
     assert torch.nn.functional.linear is torch._C._nn.linear  # not patched by DeepSpeed
+    from deepspeed.runtime.zero import stage3
+
+    assert stage3.get_norm_dtype() == torch.float32  # the clipping norm, as torch takes it
     # fp32 weights are their own optimizer masters: no second fp32 copy of the model
     optimizer = zero3.engine.optimizer
     masters = optimizer.fp32_partitioned_groups_flat
