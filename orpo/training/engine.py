@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors
 
 from orpo.config import OptimConfig, ResourcesConfig
 
@@ -231,6 +232,48 @@ def _fp32() -> torch.dtype:
     return torch.float32
 
 
+def flatten_adjacent_views(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One flat tensor with the values of `tensors` in order: a view when they already lie end
+    to end in one storage, else a copy (torch's `_flatten_dense_tensors`, DeepSpeed's own)."""
+    first = tensors[0] if tensors else None
+    if first is not None and all(t.is_contiguous() for t in tensors):
+        storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+        adjacent = True
+        for t in tensors:
+            if (
+                t.untyped_storage().data_ptr() != storage
+                or t.dtype != first.dtype
+                or t.storage_offset() != offset
+            ):
+                adjacent = False
+                break
+            offset += t.numel()
+        if adjacent:
+            whole = torch.empty(0, dtype=first.dtype, device=first.device)
+            return whole.set_(
+                first.untyped_storage(), first.storage_offset(), (offset - first.storage_offset(),)
+            )
+    return _flatten_dense_tensors(tensors)
+
+
+def step_on_gradient_views(optimizer) -> bool:
+    """On one process, let ZeRO-3's optimizer step each sub-group on a view of its gradients
+    instead of a flattened copy; True when it does.
+
+    ZeRO-3 accumulates gradients in one flat buffer, a narrow view per weight in order, and
+    before stepping a sub-group it flattens that sub-group's views into a new tensor: a copy
+    of every gradient, every step, in fresh memory (the embedding's sub-group alone: 154 MB at
+    opt-125m-shape, 113 MB for SmolLM2-135M), above plain torch's step peak. The views of a
+    sub-group lie end to end, so the flat tensor can be a view of the buffer: the same values.
+    The step scales that view in place (clipping), which the next step's first gradient
+    overwrites anyway. Its other use on one process, the bucket of gradients all-reduced in
+    place, copies the result back onto the same memory. Several processes: left as it is."""
+    if dist.get_world_size() != 1 or not hasattr(optimizer, "flatten"):
+        return False
+    optimizer.flatten = flatten_adjacent_views
+    return True
+
+
 def weights_as_partitions(optimizer) -> int:
     """On one process, let every resident ZeRO-3 weight be a view of its partition instead of a
     second copy of it; returns how many weights now are.
@@ -312,6 +355,7 @@ class DeepSpeedEngine:
         release_shm_allreduce_name(self.rank)
         self.shared_master_groups = share_fp32_masters(self.engine.optimizer)
         self.weights_as_partitions = weights_as_partitions(self.engine.optimizer)
+        self.steps_on_gradient_views = step_on_gradient_views(self.engine.optimizer)
 
     @property
     def module(self) -> torch.nn.Module:

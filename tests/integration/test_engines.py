@@ -51,7 +51,7 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
         assert master.data_ptr() == weight.data_ptr()
     # each resident weight is a view of its partition, not a second copy of the model
     params = list(zero3.module.parameters())
-    assert zero3.weights_as_partitions == len(params)
+    assert zero3.weights_as_partitions == len(params) and zero3.steps_on_gradient_views
 
     def views_of_partitions() -> bool:
         return all(p.data_ptr() == p.ds_tensor.data_ptr() for p in params)

@@ -8,12 +8,18 @@ import math
 import sys
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from orpo.config import Cell, OptimConfig, ResourcesConfig
 from orpo.training import launch
 from orpo.training.batches import Schedule, shard_batches, total_steps
-from orpo.training.engine import ONE_PROCESS_BUCKET, deepspeed_config, warmup_cosine
+from orpo.training.engine import (
+    ONE_PROCESS_BUCKET,
+    deepspeed_config,
+    flatten_adjacent_views,
+    warmup_cosine,
+)
 from orpo.training.job import CellJob, cell_key
 from orpo.training.launch import CellFailed, launch_command, run_cell
 
@@ -365,3 +371,21 @@ def test_the_cell_key_names_the_optimizer_the_engines_build():
     optimizer = adamw(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, epochs=1))
     assert type(optimizer) is torch.optim.AdamW
     assert OPTIMIZER == f"torch.optim.AdamW(fused={optimizer.defaults['fused']})"
+
+
+def test_flatten_adjacent_views_is_a_view_only_of_views_lying_end_to_end():
+    buffer = torch.arange(10.0)
+    parts = [buffer.narrow(0, 0, 3), buffer.narrow(0, 3, 4), buffer.narrow(0, 7, 2)]
+    flat = flatten_adjacent_views(parts)
+    assert torch.equal(flat, buffer[:9]) and flat.data_ptr() == buffer.data_ptr()
+    flat.mul_(2)  # a view: the step's in-place clipping reaches the buffer
+    assert torch.equal(buffer[:9], torch.arange(9.0) * 2)
+    for apart in (
+        [buffer.narrow(0, 0, 3), buffer.narrow(0, 4, 2)],  # a gap
+        [buffer.narrow(0, 3, 2), buffer.narrow(0, 0, 3)],  # out of order
+        [buffer[:3], torch.ones(2)],  # another storage
+        [buffer.view(2, 5)[:, :2]],  # not contiguous
+    ):
+        copy = flatten_adjacent_views(apart)
+        assert torch.equal(copy, torch.cat([t.reshape(-1) for t in apart]))
+        assert copy.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr()
