@@ -82,3 +82,30 @@ def single_rank(monkeypatch):
     yield
     if dist.is_initialized():
         deepspeed.comm.destroy_process_group()
+
+
+# --- order: the files that take minutes first -----------------------------------------------------
+
+# `make test` runs two pytest workers, each taking one whole file at a time in collection order
+# (`-n 2 --dist loadfile`). Started last, one of these left a worker running it alone for
+# minutes at the end; longest first (as measured on 2 cores), the two workers finish together.
+LONG_FILES = (
+    "e2e/test_cancel.py",
+    "e2e/test_real_model_flow.py",
+    "integration/test_deployment.py",
+    "integration/test_team_postgres.py",
+    "integration/test_training.py",
+    "e2e/test_flow.py",
+    "integration/test_bench_rounds.py",
+    "integration/test_bench_trl.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next(
+            (i for i, name in enumerate(LONG_FILES) if path.endswith(name)), len(LONG_FILES)
+        )
+
+    items.sort(key=rank)  # a stable sort: each file's tests, and the other files, keep their order

@@ -219,10 +219,11 @@ def gradient_norms_in_fp32() -> None:
     """Take ZeRO-3's gradient norm (for clipping, and the logged `train/grad_norm`) in fp32, as
     torch's `clip_grad_norm_` does for the plain-torch floor, instead of over an fp64 copy of
     each gradient. For fp32 training on a CPU: the copy of the largest gradient (the embedding:
-    309 MB at opt-125m-shape, 226 MB for SmolLM2-135M) set ZeRO-3's step peak, above plain
-    torch's, and its fresh pages cost ~90k page faults a step. DeepSpeed 0.19.8 picks the
-    dtype by one module-level function in its ZeRO-3 optimizer module, with no setting; it is
-    replaced there, for this process (a training process holds one engine)."""
+    309 MB at opt-125m-shape, 226 MB for SmolLM2-135M) was fresh memory every step, page
+    faults and all (with `weights_as_partitions`, ZeRO-3's step went 0.42 -> 0.32 s and 90k ->
+    37k faults at opt-125m-shape). DeepSpeed 0.19.8 picks the dtype by one module-level
+    function in its ZeRO-3 optimizer module, with no setting; it is replaced there, for this
+    process (a training process holds one engine)."""
     from deepspeed.runtime.zero import stage3
 
     stage3.get_norm_dtype = _fp32
@@ -281,11 +282,12 @@ def weights_as_partitions(optimizer) -> int:
     ZeRO-3 keeps each weight's partition in its flat groups (the fp32 masters too, after
     `share_fp32_masters`) and gathers the full weight into `param.data` for the forward and
     backward passes. The config keeps every weight resident on one process
-    (`stage3_param_persistence_threshold`), so the model was held twice: SmolLM2-135M's step
-    peak was 540 MB (its fp32 size) above plain torch's. And since each optimizer step releases
-    every weight and gathers the resident ones again, each step allocated, page-faulted and
-    copied a whole model's worth of fresh memory. With one process a partition is the whole
-    weight (no padding), so gathering it is viewing it: each resident weight's `all_gather`,
+    (`stage3_param_persistence_threshold`), so the model was held twice, and since each
+    optimizer step releases every weight and gathers the resident ones again, each step
+    allocated and copied a whole model's worth of memory (the measured step peak did not move:
+    it lies elsewhere; benchmarks/zero3-tuning.md, 2026-12-07). With one process a partition is
+    the whole weight (no padding), so gathering it is viewing it: each resident weight's
+    `all_gather`,
     the call DeepSpeed gathers resident weights with after a step and after loading a
     checkpoint, is replaced by one that re-points the weight at its partition. The optimizer
     updates the partitions in place, so the views see every update; the arithmetic is the
