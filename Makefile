@@ -41,7 +41,7 @@ demo: setup
 test: setup chromium postgresql
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 ORPO_REQUIRE_TRL=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	ORPO_REQUIRE_CHROMIUM=1 ORPO_REQUIRE_SMOLLM2=1 ORPO_REQUIRE_POSTGRES=1 ORPO_REQUIRE_TRL=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit

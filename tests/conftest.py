@@ -87,8 +87,10 @@ def single_rank(monkeypatch):
 # --- order: the files that take minutes first -----------------------------------------------------
 
 # `make test` runs two pytest workers, each taking one whole file at a time in collection order
-# (`-n 2 --dist loadfile`). Started last, one of these left a worker running it alone for
-# minutes at the end; longest first (as measured on 2 cores), the two workers finish together.
+# (`-n 2 --dist loadfile --no-loadscope-reorder`; without the last, xdist hands out the files
+# with the most tests first, and these, with few tests each, came last). Started last, they
+# left one worker running alone for minutes at the end; longest first (as measured on 2
+# cores), the two workers finish together.
 LONG_FILES = (
     "e2e/test_cancel.py",
     "e2e/test_real_model_flow.py",
