@@ -236,25 +236,26 @@ def _fp32() -> torch.dtype:
 def flatten_adjacent_views(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One flat tensor with the values of `tensors` in order: a view when they already lie end
     to end in one storage, else a copy (torch's `_flatten_dense_tensors`, DeepSpeed's own)."""
-    first = tensors[0] if tensors else None
-    if first is not None and all(t.is_contiguous() for t in tensors):
-        storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
-        adjacent = True
-        for t in tensors:
-            if (
-                t.untyped_storage().data_ptr() != storage
-                or t.dtype != first.dtype
-                or t.storage_offset() != offset
-            ):
-                adjacent = False
-                break
-            offset += t.numel()
-        if adjacent:
-            whole = torch.empty(0, dtype=first.dtype, device=first.device)
-            return whole.set_(
-                first.untyped_storage(), first.storage_offset(), (offset - first.storage_offset(),)
-            )
+    if tensors and _end_to_end(tensors):
+        first, total = tensors[0], sum(t.numel() for t in tensors)
+        return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (total,))
     return _flatten_dense_tensors(tensors)
+
+
+def _end_to_end(tensors: list[torch.Tensor]) -> bool:
+    """Whether contiguous `tensors` of one dtype follow one another in one storage."""
+    first = tensors[0]
+    offset = first.storage_offset()
+    for t in tensors:
+        if (
+            not t.is_contiguous()
+            or t.dtype != first.dtype
+            or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or t.storage_offset() != offset
+        ):
+            return False
+        offset += t.numel()
+    return True
 
 
 def step_on_gradient_views(optimizer) -> bool:
@@ -355,9 +356,9 @@ class DeepSpeedEngine:
         self.device = self.engine.device
         self.zero_stage = resources.zero_stage
         release_shm_allreduce_name(self.rank)
-        self.shared_master_groups = share_fp32_masters(self.engine.optimizer)
-        zero3 = resources.zero_stage == 3  # both reach into ZeRO-3's optimizer
         wrapped = self.engine.optimizer  # DeepSpeed's, around the AdamW above
+        self.shared_master_groups = share_fp32_masters(wrapped)
+        zero3 = resources.zero_stage == 3  # both reach into ZeRO-3's optimizer
         self.weights_as_partitions = weights_as_partitions(wrapped) if zero3 else 0
         self.steps_on_gradient_views = step_on_gradient_views(wrapped) if zero3 else False
 
