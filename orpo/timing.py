@@ -21,6 +21,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # set by the launcher to the wall clock at launch; the worker subtracts it to get its start-up
 LAUNCHED_AT_ENV = "ORPO_LAUNCHED_AT"
@@ -150,6 +154,31 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+_MADV_DONTNEED = 4  # Linux's madvise advice (sys/mman.h)
+
+
+def drop_pages(tensor: torch.Tensor) -> int:
+    """Hand the whole pages inside a CPU tensor's memory back to the operating system, keeping
+    the tensor: its values there read as zeros afterwards, and a page is faulted in again,
+    zero-filled, when next written (Linux's MADV_DONTNEED on private memory, which is what
+    torch's CPU tensors are). Returns the bytes dropped (0 elsewhere, and for GPU tensors).
+    For a buffer whose values are dead until the next write: memory nobody needs stays
+    resident otherwise."""
+    madvise = _glibc("madvise")
+    if madvise is None or tensor.device.type != "cpu":
+        return 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page
+    if last <= first:
+        return 0
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if madvise(first, last - first, _MADV_DONTNEED) != 0:
+        return 0
+    return last - first
 
 
 # glibc's mallopt parameter for the size from which malloc maps a block of its own (malloc.h)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors
 
 from orpo.config import OptimConfig, ResourcesConfig
+from orpo.timing import drop_pages
 
 
 def pick_device(resources: ResourcesConfig) -> str:
@@ -277,6 +278,48 @@ def step_on_gradient_views(optimizer) -> bool:
     return True
 
 
+GRAD_SLOTS = "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition"  # DeepSpeed's private
+
+
+def gradients_straight_to_partitions(optimizer) -> bool:
+    """On one process, let each ZeRO-3 gradient go straight into its slot of the flat gradient
+    buffer the optimizer steps on, instead of through the reduction bucket; True when it does.
+
+    When a weight's gradient is ready, ZeRO-3 copies it into a bucket, divides the bucket by
+    the averaging world size and all-reduces it in place, then copies each part into the flat
+    buffer; a gradient larger than the bucket is instead flattened into a new tensor and
+    reduce-scattered. On one rank the reduction is the identity and the division is by 1, so
+    all of it comes down to one copy (or, when micro-batches accumulate, one addition) into the
+    slot: measured at opt-125m-shape, benchmarks/zero3-tuning.md (2026-12-07, second entry).
+    Only where the identity is exact: fp32-or-bf16 gradients on the optimizer's device, no
+    offload, no pre-division, no sequence parallelism; else DeepSpeed's path is kept."""
+    if (
+        dist.get_world_size() != 1
+        or not hasattr(optimizer, GRAD_SLOTS)
+        or optimizer.offload_optimizer
+        or getattr(optimizer, "zenflow", False)
+        or optimizer.gradient_predivide_factor != 1.0
+        or optimizer.sequence_parallel_size != 1
+        or getattr(optimizer, "autoep_folding_tp_group", None) is not None
+    ):
+        return False
+
+    @torch.no_grad()
+    def to_slot(param: torch.nn.Parameter) -> None:
+        if not getattr(param, "ds_grad_is_ready", True):  # DeepSpeed's own guard, kept
+            return
+        slot = getattr(optimizer, GRAD_SLOTS)[param.ds_id]
+        grad = param.grad.view(-1)
+        if optimizer.micro_step_id == 0:  # the window's first micro-batch: overwrite
+            slot.copy_(grad)
+        else:
+            slot.add_(grad)
+        param.grad = None
+
+    optimizer.reduce_independent_p_g_buckets_and_remove_grads = to_slot
+    return True
+
+
 def weights_as_partitions(optimizer) -> int:
     """On one process, let every resident ZeRO-3 weight be a view of its partition instead of a
     second copy of it; returns how many weights now are.
@@ -361,6 +404,13 @@ class DeepSpeedEngine:
         zero3 = resources.zero_stage == 3  # both reach into ZeRO-3's optimizer
         self.weights_as_partitions = weights_as_partitions(wrapped) if zero3 else 0
         self.steps_on_gradient_views = step_on_gradient_views(wrapped) if zero3 else False
+        self.gradients_to_partitions = gradients_straight_to_partitions(wrapped) if zero3 else False
+        # Once the optimizer has stepped, ZeRO-3's flat gradient buffer holds nothing anyone reads
+        # before the next backward writes it, yet stays resident, a gradient's worth of memory
+        # for the whole model on top of what plain torch holds at its peak, the start of the
+        # backward, when torch has freed its gradients and activations are largest. Dropping
+        # its pages after each step leaves it as torch's gradients are then: not there.
+        self.drops_gradient_pages = self.gradients_to_partitions and self.device_type == "cpu"
 
     @property
     def module(self) -> torch.nn.Module:
@@ -379,7 +429,10 @@ class DeepSpeedEngine:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def step(self) -> None:
+        steps = self.engine.global_steps
         self.engine.step()  # a no-op for the optimizer except at accumulation boundaries
+        if self.drops_gradient_pages and self.engine.global_steps != steps:
+            drop_pages(self.engine.optimizer.grad_partitions_flat_buffer)
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])

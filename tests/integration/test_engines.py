@@ -1,7 +1,9 @@
 """ZeRO-3 on one process, with the DeepSpeed config the lab generates for it (every parameter
 resident, torch's linear, gradients all-reduced in place, a gradient bucket smaller than
 the largest parameters, the optimizer stepped in sub-groups), fp32 weights serving as their
-own optimizer masters and resident weights as views of their partitions, trains the same
+own optimizer masters, resident weights as views of their partitions, gradients copied
+straight into the optimizer's flat buffer and that buffer's pages dropped after each step,
+trains the same
 numbers as the plain-torch floor: the tuning changes where the work happens, not the
 arithmetic."""
 
@@ -30,7 +32,10 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     # the real bucket: those gradients bypass it and must come out the same
     largest = max(p.numel() for p in model.parameters())
     monkeypatch.setattr(engine_module, "ONE_PROCESS_BUCKET", largest // 2)
-    optim = OptimConfig(lr=1e-3, epochs=1, batch_size=8, max_grad_norm=0.5, warmup_ratio=0.0)
+    # two micro-batches per step: ZeRO-3 copies the first one's gradients and adds the second's
+    optim = OptimConfig(
+        lr=1e-3, epochs=1, batch_size=4, grad_accum=2, max_grad_norm=0.5, warmup_ratio=0.0
+    )
     resources = ResourcesConfig(device="cpu", zero_stage=3)
     floor = TorchEngine(copy.deepcopy(model), optim, resources, total_steps=3)
     zero3 = DeepSpeedEngine(copy.deepcopy(model), optim, resources, total_steps=3)
@@ -52,21 +57,25 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     # each resident weight is a view of its partition, not a second copy of the model
     params = list(zero3.module.parameters())
     assert zero3.weights_as_partitions == len(params) and zero3.steps_on_gradient_views
+    assert zero3.gradients_to_partitions and zero3.drops_gradient_pages
 
     def views_of_partitions() -> bool:
         return all(p.data_ptr() == p.ds_tensor.data_ptr() for p in params)
 
     assert views_of_partitions()
     ids = torch.randint(4, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
-    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    halves = [dict(input_ids=x, attention_mask=torch.ones_like(x), labels=x) for x in ids.chunk(2)]
     for step in range(3):
-        losses = []
-        for engine in (floor, zero3):
-            loss = engine.forward(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss))
-        assert losses[0] == pytest.approx(losses[1], rel=1e-5), step
+        for half in halves:
+            losses = []
+            for engine in (floor, zero3):
+                loss = engine.forward(**half).loss
+                engine.backward(loss)
+                engine.step()
+                losses.append(float(loss))
+            assert losses[0] == pytest.approx(losses[1], rel=1e-5), step
+        # once stepped, the flat gradient buffer's pages went back (all but its two edge pages)
+        assert optimizer.grad_partitions_flat_buffer.count_nonzero() <= 2 * 4096 // 4, step
         assert floor.grad_norm() == pytest.approx(zero3.grad_norm(), rel=1e-4), step
         assert views_of_partitions(), step  # the gather after each step re-points them
     assert floor.grad_norm() > optim.max_grad_norm  # clipping took part

@@ -14,6 +14,7 @@ from orpo.timing import (
     _malloc_trim,
     breakdown,
     breakdown_lines,
+    drop_pages,
     peak_rss_mb,
     release_freed_memory,
     resident_mb,
@@ -68,6 +69,22 @@ def test_freed_heap_memory_goes_back_to_the_os():
     release_freed_memory()
     assert before - resident_mb() > 100, "the freed 256 MB stayed resident"
     assert kept.sum() == 16_000
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="not glibc: madvise is not reached this way")
+def test_a_buffers_dropped_pages_leave_memory_and_read_as_zeros_until_written():
+    import torch
+
+    buffer = torch.ones(64 * 2**18)  # 64 MB: a mapping of its own
+    before = resident_mb()
+    dropped = drop_pages(buffer)
+    assert 63 * 2**20 <= dropped <= 64 * 2**20  # all whole pages inside it
+    assert before - resident_mb() > 60, "the dropped pages stayed resident"
+    ones = int((buffer == 1).sum())
+    assert ones == (buffer.numel() * 4 - dropped) // 4  # what lies outside whole pages stays
+    buffer.fill_(2.0)  # written again: faulted back in, and it holds what was written
+    assert float(buffer.sum()) == 2.0 * buffer.numel()
+    assert drop_pages(torch.ones(16)) == 0  # within one page: nothing to drop
 
 
 def test_a_started_process_reports_its_own_peak_not_its_parents():
