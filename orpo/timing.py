@@ -156,7 +156,10 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-_MADV_DONTNEED = 4  # Linux's madvise advice (sys/mman.h)
+# Linux's madvise advice values (sys/mman.h)
+_MADV_DONTNEED = 4
+_MADV_HUGEPAGE = 14
+_HUGE_PAGE_SIZE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 
 
 def drop_pages(tensor: torch.Tensor) -> int:
@@ -166,17 +169,34 @@ def drop_pages(tensor: torch.Tensor) -> int:
     torch's CPU tensors are). Returns the bytes dropped (0 elsewhere, and for GPU tensors).
     For a buffer whose values are dead until the next write: memory nobody needs stays
     resident otherwise."""
+    return _advise(tensor, os.sysconf("SC_PAGE_SIZE"), _MADV_DONTNEED)
+
+
+def huge_pages_for(tensor: torch.Tensor) -> int:
+    """Ask Linux to back a CPU tensor's memory with transparent huge pages (2 MiB) where it can
+    (MADV_HUGEPAGE: honoured when the system's setting is "madvise" or "always"); returns the
+    bytes advised (0 where there are none, or elsewhere). For a buffer whose pages are dropped
+    and written again every step: written into freshly dropped 4 KiB pages, 348 MB took
+    0.14-0.17 s here, into huge pages 0.045 s, into resident memory 0.03 s."""
+    try:
+        size = int(_HUGE_PAGE_SIZE.read_text())
+    except (OSError, ValueError):
+        return 0
+    return _advise(tensor, size, _MADV_HUGEPAGE)
+
+
+def _advise(tensor: torch.Tensor, page: int, advice: int) -> int:
+    """madvise over the whole `page`-sized pages inside a CPU tensor's memory: the bytes advised."""
     madvise = _glibc("madvise")
     if madvise is None or tensor.device.type != "cpu":
         return 0
-    page = os.sysconf("SC_PAGE_SIZE")
     start = tensor.data_ptr()
     end = start + tensor.numel() * tensor.element_size()
     first, last = -(-start // page) * page, end // page * page
     if last <= first:
         return 0
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    if madvise(first, last - first, _MADV_DONTNEED) != 0:
+    if madvise(first, last - first, advice) != 0:
         return 0
     return last - first
 

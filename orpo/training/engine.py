@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors
 
 from orpo.config import OptimConfig, ResourcesConfig
-from orpo.timing import drop_pages
+from orpo.timing import drop_pages, huge_pages_for
 
 
 def pick_device(resources: ResourcesConfig) -> str:
@@ -409,8 +409,11 @@ class DeepSpeedEngine:
         # before the next backward writes it, yet stays resident, a gradient's worth of memory
         # for the whole model on top of what plain torch holds at its peak, the start of the
         # backward, when torch has freed its gradients and activations are largest. Dropping
-        # its pages after each step leaves it as torch's gradients are then: not there.
+        # its pages after each step leaves it as torch's gradients are then: not there. Huge
+        # pages make writing it again nearly as fast as writing resident memory.
         self.drops_gradient_pages = self.gradients_to_partitions and self.device_type == "cpu"
+        if self.drops_gradient_pages:
+            huge_pages_for(wrapped.grad_partitions_flat_buffer)
 
     @property
     def module(self) -> torch.nn.Module:
