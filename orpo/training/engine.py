@@ -290,7 +290,7 @@ def gradients_straight_to_partitions(optimizer) -> bool:
     buffer; a gradient larger than the bucket is instead flattened into a new tensor and
     reduce-scattered. On one rank the reduction is the identity and the division is by 1, so
     all of it comes down to one copy (or, when micro-batches accumulate, one addition) into the
-    slot: measured at opt-125m-shape, benchmarks/zero3-tuning.md (2026-12-07, second entry).
+    slot: measured at opt-125m-shape, benchmarks/zero3-tuning.md (2026-12-07, morning).
     Only where the identity is exact: fp32-or-bf16 gradients on the optimizer's device, no
     offload, no pre-division, no sequence parallelism; else DeepSpeed's path is kept."""
     if (
