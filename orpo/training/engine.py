@@ -291,8 +291,9 @@ def gradients_straight_to_partitions(optimizer) -> bool:
     reduce-scattered. On one rank the reduction is the identity and the division is by 1, so
     all of it comes down to one copy (or, when micro-batches accumulate, one addition) into the
     slot: measured at opt-125m-shape, benchmarks/zero3-tuning.md (2026-12-07, morning).
-    Only where the identity is exact: fp32-or-bf16 gradients on the optimizer's device, no
-    offload, no pre-division, no sequence parallelism; else DeepSpeed's path is kept."""
+    Only where the reduction is the identity and nothing else happens on the way: no offload
+    (the gradients stay where the optimizer steps), no pre-division, no sequence parallelism,
+    no tensor-parallel expert correction; else DeepSpeed's path is kept."""
     if (
         dist.get_world_size() != 1
         or not hasattr(optimizer, GRAD_SLOTS)
