@@ -3,9 +3,8 @@ resident, torch's linear, gradients all-reduced in place, a gradient bucket smal
 the largest parameters, the optimizer stepped in sub-groups), fp32 weights serving as their
 own optimizer masters, resident weights as views of their partitions, gradients copied
 straight into the optimizer's flat buffer and that buffer's pages dropped after each step,
-trains the same
-numbers as the plain-torch floor: the tuning changes where the work happens, not the
-arithmetic."""
+trains the same numbers as the plain-torch floor: the tuning changes where the work happens,
+not the arithmetic."""
 
 from __future__ import annotations
 
