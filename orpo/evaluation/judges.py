@@ -117,6 +117,7 @@ class RewardModelJudge:
             logits = self.model(
                 input_ids=batch["input_ids"].to(self.device),
                 attention_mask=batch["attention_mask"].to(self.device),
+                use_cache=False,
             ).logits  # (B, 1)
             rewards[rows] = logits[:, 0].float().cpu().numpy()
         return rewards

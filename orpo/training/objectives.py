@@ -100,8 +100,14 @@ class Pair(NamedTuple):
         }
 
 
-def _model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+def _model_inputs(batch: dict[str, Tensor]) -> dict:
+    # use_cache=False: a Hugging Face causal LM otherwise copies every layer's keys and values
+    # into a cache (its config's default) that nothing here reads; TRL's trainers pass it too.
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
 
 
 def _response_tokens(logits: Tensor, batch: dict[str, Tensor]) -> TokenLogprobs:

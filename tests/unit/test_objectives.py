@@ -177,3 +177,30 @@ def test_full_scope_nll_also_trains_on_the_prompt(stage):
     norms = Norms(tokens=float(n), examples=n_examples(batch, stage))
     _, stats = OBJECTIVES[stage](FixedLogits(logits), batch, norms, cfg, reference())
     torch.testing.assert_close(stats["nll"], nll.detach())
+
+
+@pytest.mark.parametrize("stage", list(METHODS))
+def test_training_forward_builds_no_key_value_cache(stage):
+    """A Hugging Face causal LM copies every layer's keys and values into a cache unless told
+    not to; no objective reads one, so none is built."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    model = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+            word_embed_proj_dim=16, max_position_embeddings=T,
+        )
+    )  # fmt: skip
+    assert model.config.use_cache  # the default this guards against
+    outputs = []
+
+    def forward(**inputs):
+        outputs.append(model(**inputs))
+        return outputs[-1]
+
+    batch = pair_batch()
+    if METHODS[stage].reads == "chosen":
+        batch = {k: v[:B] for k, v in batch.items()}
+    cfg = config(stage, orpo_lambda=0.5 if stage == "orpo" else None, dpo_beta=0.1)
+    OBJECTIVES[stage](forward, batch, full_norms(batch, stage), cfg, reference().float())
+    assert outputs and all("cache" not in out for out in outputs)
