@@ -178,7 +178,7 @@ def huge_pages_for(tensor: torch.Tensor) -> int:
     bytes advised (0 where there are none, or elsewhere). For a buffer whose pages are dropped
     and written again every step: rewritten in a loop right after dropping, 348 MB took
     0.14-0.17 s into 4 KiB pages, 0.045 s into huge pages, 0.03 s into resident memory; in
-    training, where other allocations take the freed pages first, 0.2-0.5 s either way."""
+    training, where other allocations take the freed pages first, 0.2-0.5 s with huge pages."""
     try:
         size = int(_HUGE_PAGE_SIZE.read_text())
     except (OSError, ValueError):

@@ -412,7 +412,7 @@ class DeepSpeedEngine:
         # backward, when torch has freed its gradients and activations are largest. Dropping
         # its pages after each step leaves it as torch's gradients are then: not there. Writing
         # it again costs fresh pages every backward (0.2-0.5 s of a ~4 s step at opt-125m-shape
-        # on a 2-core VM, huge pages or not); memory is what ZeRO-3 is for, so it pays that.
+        # on a 2-core VM, huge pages advised); memory is what ZeRO-3 is for, so it pays that.
         self.drops_gradient_pages = self.gradients_to_partitions and self.device_type == "cpu"
         if self.drops_gradient_pages:
             huge_pages_for(wrapped.grad_partitions_flat_buffer)
