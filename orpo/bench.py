@@ -175,7 +175,7 @@ def _floor_child(job_json: str, threads: int, turns: str | None, queue) -> None:
         torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # "Loading weights" bars of the DPO init model
         from orpo.methods import needs_reference
-        from orpo.models import build_model, count_parameters
+        from orpo.models import build_model, count_parameters, narrows_logits
         from orpo.timing import peak_rss_mb
         from orpo.tracking import NullSink
         from orpo.training.batches import load_stage_data, total_steps
@@ -208,12 +208,12 @@ def _floor_child(job_json: str, threads: int, turns: str | None, queue) -> None:
             job.init_from or job.model, tokenizer, kind=model_kind(job), seed=job.cell.seed
         )
         n_params = count_parameters(model)
+        obj_cfg = objective_config(job, narrows_logits(model))
         engine = TorchEngine(model, optim, job.resources, steps)
         ref, ref_passes = None, 0
         if needs_reference(job.cell.stage):
-            ref, _ = reference_logps(engine, data, job, log=lambda message: None)
+            ref, _ = reference_logps(engine, data, job, lambda message: None, obj_cfg.narrow_logits)
             ref_passes = sum(-(-len(items) // 16) for items in (data.train, data.eval))
-        obj_cfg = objective_config(job)
         loop_cfg = loop_config(job, steps, ckpt_dir=None)
         state = run_loop(
             engine,

@@ -54,6 +54,7 @@ __all__ = [
     "log1mexp",
     "odds_ratio_loss",
     "orpo_loss",
+    "scored_positions",
     "sequence_logprobs",
     "sft_loss",
     "simpo_loss",
@@ -115,6 +116,24 @@ class TokenLogprobs(NamedTuple):
         return -self.values.sum(), self.counts.sum()
 
 
+def _counted(labels: Tensor, mask: Tensor) -> Tensor:
+    """(B, T-1) bool: label t + 1 counts (mask set there, label not IGNORE_INDEX)."""
+    return mask[:, 1:].bool() & (labels[:, 1:] != IGNORE_INDEX)
+
+
+def scored_positions(labels: Tensor, mask: Tensor) -> Tensor:
+    """(B, T) bool: the positions whose logits predict a counted token, the only ones
+    :func:`token_logprobs` reads. Given to a Hugging Face causal LM as ``logits_to_keep``, it
+    projects only these hidden states onto the vocabulary and returns (N, V) logits, N = the
+    number set, in row-major order; :func:`token_logprobs` takes those as they are.
+
+    >>> scored_positions(torch.tensor([[5, 6, 7, 0]]), torch.tensor([[0, 1, 1, 0]])).tolist()
+    [[True, True, False, False]]
+    """
+    counted = _counted(labels, mask)  # (B, T-1)
+    return torch.cat([counted, counted.new_zeros(len(counted), 1)], dim=1)
+
+
 def token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> TokenLogprobs:
     """The one log-prob helper: log-prob of each next token and whether it counts.
 
@@ -123,7 +142,10 @@ def token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> TokenLogprob
     log-softmax is computed in float32 (float64 for float64 logits) whatever the input dtype.
 
     Args:
-        logits: (B, T, V) model outputs, any float dtype.
+        logits: (B, T, V) model outputs, any float dtype; or (N, V), the logits of only the
+            N positions :func:`scored_positions` sets, in row-major order (what a model given
+            them as ``logits_to_keep`` returns): the same result without projecting and
+            normalising the positions nothing reads.
         labels: (B, T) token ids; -100 marks positions that never count.
         mask: (B, T) bool or 0/1; set on the tokens that count.
 
@@ -134,38 +156,58 @@ def token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> TokenLogprob
         ValueError: on shapes that do not match (the message names them) or float labels.
 
     Example: the row of :func:`sequence_logprobs`'s example gives per-token log-probs
-    (ln 3/4, ln 1/2): (-0.2877, -0.6931).
+    (ln 3/4, ln 1/2): (-0.2877, -0.6931); from its two scored positions alone, the same.
 
     >>> logits = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0], [5.0, -5.0]]])  # (1, 3, 2)
-    >>> tokens = token_logprobs(logits, torch.tensor([[1, 0, 1]]), torch.tensor([[0, 1, 1]]))
+    >>> labels, mask = torch.tensor([[1, 0, 1]]), torch.tensor([[0, 1, 1]])
+    >>> tokens = token_logprobs(logits, labels, mask)
     >>> [round(v, 4) for v in tokens.values[0].tolist()], tokens.counts[0].tolist()
     ([-0.2877, -0.6931], [True, True])
+    >>> scored = logits[scored_positions(labels, mask)]  # (2, 2)
+    >>> [round(v, 4) for v in token_logprobs(scored, labels, mask).values[0].tolist()]
+    [-0.2877, -0.6931]
     """
-    if logits.dim() != 3:
+    if labels.dim() != 2 or tuple(mask.shape) != tuple(labels.shape):
         raise ValueError(
-            f"logits must have shape (B, T, V), got {tuple(logits.shape)} "
-            f"(labels {tuple(labels.shape)}, mask {tuple(mask.shape)})"
-        )
-    bt = tuple(logits.shape[:2])
-    if tuple(labels.shape) != bt or tuple(mask.shape) != bt:
-        raise ValueError(
-            f"shape mismatch: logits {tuple(logits.shape)} is (B, T, V), so labels "
-            f"{tuple(labels.shape)} and mask {tuple(mask.shape)} must both be (B, T) = {bt}"
+            f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and "
+            f"mask {tuple(mask.shape)}: labels and mask must both be (B, T)"
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer token ids, got dtype {labels.dtype}")
-
-    next_labels = labels[:, 1:]  # (B, T-1)
-    counts = mask[:, 1:].bool() & (next_labels != IGNORE_INDEX)  # (B, T-1)
+    counts = _counted(labels, mask)  # (B, T-1)
+    if logits.dim() == 2:
+        return _scored_logprobs(logits, labels, counts)
+    bt = tuple(labels.shape)
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != bt:
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)} must be (B, T, V) with (B, T) = "
+            f"{bt}, the shape of labels and mask, or (N, V) over the scored positions"
+        )
     # gather needs a valid index everywhere; positions that do not count read token 0 and are
     # zeroed below, so whatever sits in labels there (-100, padding) cannot change the result.
-    safe_labels = next_labels.masked_fill(~counts, 0).long()  # (B, T-1)
+    safe_labels = labels[:, 1:].masked_fill(~counts, 0).long()  # (B, T-1)
     # log_softmax in float32 (or wider): in bf16 the normaliser loses ~3 significant digits.
     # Over all T positions, then cut: the kernel would first copy a (B, T-1, V) slice whole.
     logps = logits.to(_compute_dtype(logits)).log_softmax(dim=-1)[:, :-1]  # (B, T-1, V)
     token_logps = logps.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
     # where, not multiply: a -inf log-prob at an ignored position times 0 would be NaN.
     return TokenLogprobs(torch.where(counts, token_logps, 0.0), counts)
+
+
+def _scored_logprobs(logits: Tensor, labels: Tensor, counts: Tensor) -> TokenLogprobs:
+    """token_logprobs for (N, V) logits of the counted tokens' positions, row-major."""
+    # On the meta device (shape-only runs) no count is known; masked_scatter checks there.
+    if not counts.is_meta and len(logits) != int(counts.sum()):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} hold {len(logits)} positions, but labels and mask "
+            f"{tuple(labels.shape)} count {int(counts.sum())} tokens: (N, V) logits must be "
+            "those of exactly the positions scored_positions(labels, mask) sets"
+        )
+    targets = labels[:, 1:][counts].long()  # (N,)
+    logps = logits.to(_compute_dtype(logits)).log_softmax(dim=-1)  # (N, V)
+    token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+    values = token_logps.new_zeros(counts.shape).masked_scatter(counts, token_logps)
+    return TokenLogprobs(values, counts)  # values (B, T-1): 0 where nothing counts
 
 
 def sequence_logprobs(

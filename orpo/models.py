@@ -17,6 +17,8 @@ functions guarantee a dedicated pad token; `build_model` grows the embeddings to
 
 from __future__ import annotations
 
+import inspect
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -331,6 +333,25 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def narrows_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes a (B, T) bool `logits_to_keep` and returns logits for
+    the set positions only, (N, V): transformers' causal LMs whose forward has the argument and
+    slices with the library's shared `slice_logits_to_keep`, which reads a bool mask that way
+    (a model with its own slicing would read it otherwise, so it gets every position's logits).
+    Looks through LoRA's wrapper to the model it wraps."""
+    from transformers import modeling_utils
+
+    shared = getattr(modeling_utils, "slice_logits_to_keep", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes_it = "logits_to_keep" in inspect.signature(base.forward).parameters
+    own_module = sys.modules.get(type(base).__module__)
+    return (
+        shared is not None
+        and takes_it
+        and getattr(own_module, "slice_logits_to_keep", None) is shared
+    )
 
 
 def add_lora(model: PreTrainedModel, lora) -> torch.nn.Module:

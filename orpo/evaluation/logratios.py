@@ -16,6 +16,7 @@ import torch
 from orpo.data.schema import PreferenceExample
 from orpo.data.tokenize import collate_pairs, encode_pairs
 from orpo.losses import odds_ratio_loss
+from orpo.models import narrows_logits
 from orpo.training.objectives import pair_logps
 
 
@@ -31,6 +32,7 @@ def model_log_ratio_rows(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    narrow = narrows_logits(model)
     encoded, _ = encode_pairs(tokenizer, pairs, max_length, max_prompt_length)
     rows = []
     with torch.no_grad():
@@ -38,7 +40,7 @@ def model_log_ratio_rows(
             chunk = encoded[start : start + batch_size]
             batch = collate_pairs(chunk, tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            _, mean = pair_logps(model, batch)  # (B, 2): chosen, rejected
+            _, mean = pair_logps(model, batch, narrow)  # (B, 2): chosen, rejected
             chosen, rejected = mean[:, 0].double().cpu(), mean[:, 1].double().cpu()  # (B,)
             _, log_odds = odds_ratio_loss(chosen, rejected)  # (B,)
             for pair, w, lo, odds in zip(

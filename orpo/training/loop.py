@@ -128,7 +128,9 @@ def evaluate(
             _, stats = objective(engine.forward, inputs, norms, cfg, ref)
             if data.pair_collate is not None:  # one more pass: rejected log-probs under SFT
                 pairs = data.pair_collate([data.eval[i] for i in batch["indices"].tolist()])
-                _, mean_logps = pair_logps(engine.forward, _to(pairs, engine.device))  # (B, 2)
+                _, mean_logps = pair_logps(
+                    engine.forward, _to(pairs, engine.device), cfg.narrow_logits
+                )  # (B, 2)
                 stats["logp_chosen"], stats["logp_rejected"] = mean_logps.sum(0)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight

@@ -27,6 +27,7 @@ from orpo.losses import (
     dpo_loss,
     dpo_rewards,
     odds_ratio_loss,
+    scored_positions,
     token_logprobs,
     token_nll,
 )
@@ -49,6 +50,11 @@ class ObjectiveConfig:
     orpo_lambda: float | None = None
     dpo_beta: float | None = None
     params: dict[str, float] = field(default_factory=dict)  # SimPO's beta, gamma; CPO's ...
+    # The model returns logits only where a counted token is predicted (`orpo.models.
+    # narrows_logits` says whether it can): the prompt and padding positions are neither
+    # projected onto the vocabulary nor normalised. Same losses; at a 49k vocabulary the
+    # (rows, T, V) logits are the largest tensors of the step.
+    narrow_logits: bool = False
 
 
 def nll_mask(batch: dict[str, Tensor], rows: slice, scope: str) -> tuple[Tensor, Tensor]:
@@ -110,10 +116,28 @@ def _model_inputs(batch: dict[str, Tensor]) -> dict:
     }
 
 
-def _response_tokens(logits: Tensor, batch: dict[str, Tensor]) -> TokenLogprobs:
-    """Next-token log-probs of every row's response: the one log-softmax of this forward pass
-    that the pair log-probs and the response-scoped NLL all read."""
-    return token_logprobs(logits, batch["labels"], batch["response_mask"])
+def _logits(forward: Forward, batch, labels: Tensor, mask: Tensor, narrow: bool) -> Tensor:
+    """One forward pass: (rows, T, V) logits, or with `narrow` the (N, V) logits of the N
+    positions that predict a token counted under (labels, mask), which `token_logprobs` reads
+    as they are (transformers' `logits_to_keep` given as a bool mask)."""
+    inputs = _model_inputs(batch)
+    if narrow:
+        inputs["logits_to_keep"] = scored_positions(labels, mask)
+    return forward(**inputs).logits
+
+
+def _response_forward(forward: Forward, batch, narrow: bool) -> tuple[Tensor, TokenLogprobs]:
+    """Logits and next-token log-probs of every row's response: the one log-softmax of this
+    forward pass that the pair log-probs and the response-scoped NLL all read."""
+    labels, mask = batch["labels"], batch["response_mask"]
+    logits = _logits(forward, batch, labels, mask, narrow)
+    return logits, token_logprobs(logits, labels, mask)
+
+
+def _narrow(cfg: ObjectiveConfig) -> bool:
+    """Narrow logits for an objective with an NLL term: only when the NLL covers the response
+    alone; over prompt and response it needs the prompt positions' logits as well."""
+    return cfg.narrow_logits and cfg.nll_scope == "response"
 
 
 def _pair_logps(tokens: TokenLogprobs) -> tuple[Pair, Pair]:
@@ -134,13 +158,14 @@ def _nll(logits: Tensor, tokens: TokenLogprobs, batch, rows: slice, scope: str) 
 
 def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """SFT (chosen rows) and pretraining (plain texts): token-level NLL."""
-    logits = forward(**_model_inputs(batch)).logits  # (B, T, V)
     if cfg.stage == "pretrain":  # plain texts: every token counts, no response to score
         labels, mask = nll_mask(batch, slice(None), "full")
-        nll_sum, _ = token_nll(logits, labels, mask)
+        nll_sum, _ = token_nll(
+            _logits(forward, batch, labels, mask, cfg.narrow_logits), labels, mask
+        )
         stats = {}
     else:
-        tokens = _response_tokens(logits, batch)
+        logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # logits (B, T, V)
         nll_sum = _nll(logits, tokens, batch, slice(None), cfg.nll_scope)
         stats = {"logp_chosen": tokens.sequence("mean").detach().sum()}
     loss = nll_sum / norms.tokens
@@ -149,8 +174,7 @@ def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, re
 
 def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """L_ORPO = L_SFT + orpo_lambda * L_OR over one forward pass of chosen+rejected (2B rows)."""
-    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    tokens = _response_tokens(logits, batch)
+    logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # logits (2B, T, V)
     nll_sum = _nll(logits, tokens, batch, slice(0, _n_pairs(batch)), cfg.nll_scope)
     _, mean = _pair_logps(tokens)
     or_loss, log_odds = odds_ratio_loss(mean.chosen, mean.rejected)  # (B,), (B,)
@@ -167,8 +191,8 @@ def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, 
 
 def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """Sigmoid DPO on summed log-probs; `ref` holds the cached reference log-probs (B, 2)."""
-    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    summed, mean = _pair_logps(_response_tokens(logits, batch))
+    _, tokens = _response_forward(forward, batch, cfg.narrow_logits)
+    summed, mean = _pair_logps(tokens)
     ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]  # (B,)
     per_pair = dpo_loss(summed.chosen, summed.rejected, ref_chosen, ref_rejected, cfg.dpo_beta)
     loss = per_pair.sum() / norms.examples
@@ -180,8 +204,7 @@ def dpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
 
 def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """SimPO: -log sigmoid(beta * (mean logp_w - mean logp_l) - gamma), no reference."""
-    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    _, mean = _pair_logps(_response_tokens(logits, batch))
+    _, mean = _pair_logps(_response_forward(forward, batch, cfg.narrow_logits)[1])
     beta, gamma = cfg.params["beta"], cfg.params["gamma"]
     per_pair = losses.simpo_loss(mean.chosen, mean.rejected, beta, gamma)  # (B,)
     loss = per_pair.sum() / norms.examples
@@ -191,8 +214,7 @@ def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig,
 
 def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """CPO: NLL of the chosen response + the reference-free DPO term on summed log-probs."""
-    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    tokens = _response_tokens(logits, batch)
+    logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # logits (2B, T, V)
     nll_sum = _nll(logits, tokens, batch, slice(0, _n_pairs(batch)), cfg.nll_scope)
     summed, mean = _pair_logps(tokens)
     prefer = losses.cpo_loss(summed.chosen, summed.rejected, cfg.params["beta"])  # (B,)
@@ -205,8 +227,7 @@ def ipo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, r
     """IPO on MEAN response log-probs (per-token log-ratios, as TRL and the IPO authors' own
     runs; see `orpo.losses.ipo_loss`); `ref` holds the cached SUMMED reference log-probs
     (B, 2), divided here by the same response token counts."""
-    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    _, mean = _pair_logps(_response_tokens(logits, batch))
+    _, mean = _pair_logps(_response_forward(forward, batch, cfg.narrow_logits)[1])
     n_tokens = Pair.of(response_tokens(batch).to(ref.dtype))
     ref_mean = Pair(ref[:, 0] / n_tokens.chosen, ref[:, 1] / n_tokens.rejected)  # (B,) each
     per_pair = losses.ipo_loss(
@@ -263,9 +284,9 @@ OBJECTIVES = {
 
 
 @torch.no_grad()
-def pair_logps(forward: Forward, batch) -> tuple[Tensor, Tensor]:
+def pair_logps(forward: Forward, batch, narrow_logits: bool = False) -> tuple[Tensor, Tensor]:
     """(summed, mean) response log-probs of chosen and rejected, each (B, 2): the DPO reference
-    cache and the report's log odds / log probability ratio distributions use it."""
-    logits = forward(**_model_inputs(batch)).logits  # (2B, T, V)
-    summed, mean = _pair_logps(_response_tokens(logits, batch))
+    cache and the report's log odds / log probability ratio distributions use it.
+    `narrow_logits` as in `ObjectiveConfig`."""
+    summed, mean = _pair_logps(_response_forward(forward, batch, narrow_logits)[1])
     return torch.stack(summed, 1), torch.stack(mean, 1)

@@ -29,6 +29,7 @@ from orpo.models import (
     is_preset,
     load_tokenizer,
     merge_lora,
+    narrows_logits,
     save_model,
     trainable_parameters,
 )
@@ -50,13 +51,16 @@ warnings.filterwarnings(
 )
 
 
-def objective_config(job: CellJob) -> ObjectiveConfig:
+def objective_config(job: CellJob, narrow_logits: bool) -> ObjectiveConfig:
+    """The objective's settings from the job; `narrow_logits` from `orpo.models.narrows_logits`
+    of the model it trains."""
     return ObjectiveConfig(
         stage=job.cell.stage,
         nll_scope=job.nll_scope,
         orpo_lambda=job.cell.orpo_lambda,
         dpo_beta=job.cell.dpo_beta,
         params=dict(job.cell.params),
+        narrow_logits=narrow_logits,
     )
 
 
@@ -111,7 +115,9 @@ def reference_cache_key(job: CellJob, precision: str, device_type: str, world_si
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, bool]:
+def reference_logps(
+    engine, data: StageData, job: CellJob, log, narrow_logits: bool
+) -> tuple[dict, bool]:
     """Reference log-probs (summed, chosen/rejected) of train and eval pairs, for the methods
     that need them (DPO, IPO: `orpo.methods`).
 
@@ -131,7 +137,9 @@ def reference_logps(engine, data: StageData, job: CellJob, log) -> tuple[dict, b
         for indices, weight in shard_batches(
             len(items), REFERENCE_BATCH_SIZE, engine.rank, engine.world_size
         ):
-            summed, _ = pair_logps(engine.forward, _to(data.batch(items, indices), engine.device))
+            summed, _ = pair_logps(
+                engine.forward, _to(data.batch(items, indices), engine.device), narrow_logits
+            )
             if weight:
                 mine.update(zip(indices, summed.float().cpu(), strict=True))
         merged = {k: v for part in engine.all_gather_object(mine) for k, v in part.items()}
@@ -222,6 +230,7 @@ def train(job: CellJob) -> dict:
         keep_dropout=job.keep_dropout,
     )
     n_params = count_parameters(model)  # before ZeRO-3 partitions the parameters
+    obj_cfg = objective_config(job, narrows_logits(model))
     if job.lora is not None:
         model = add_lora(model, job.lora)
         log(
@@ -248,13 +257,12 @@ def train(job: CellJob) -> dict:
     ref_passes = 0
     if needs_reference(job.cell.stage):
         with phases("reference_seconds"):
-            ref, cache_hit = reference_logps(engine, data, job, log)
+            ref, cache_hit = reference_logps(engine, data, job, log, obj_cfg.narrow_logits)
         if not cache_hit:
             ref_passes = sum(
                 len(shard_batches(len(items), REFERENCE_BATCH_SIZE, 0, world)) * world
                 for items in (data.train, data.eval)
             )
-    obj_cfg = objective_config(job)
     ckpt_dir = out / "checkpoints"
     loop_cfg = loop_config(job, steps, ckpt_dir)
     progress = make_progress(steps, rank, log)

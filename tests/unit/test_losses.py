@@ -17,9 +17,11 @@ from orpo.losses import (
     log1mexp,
     odds_ratio_loss,
     orpo_loss,
+    scored_positions,
     sequence_logprobs,
     sft_loss,
     simpo_loss,
+    token_logprobs,
     token_nll,
 )
 
@@ -378,6 +380,32 @@ def test_sequence_logprobs_treats_label_minus_100_as_ignored_even_under_the_mask
     close(full, sequence_logprobs(logits, labels, no_pad, "sum"), rtol=0, atol=0)
 
 
+def test_scored_positions_are_the_ones_that_predict_a_counted_token():
+    _, labels, mask = hand_built_batch()
+    # Row 0 counts labels 1-2 (predicted from positions 0-1); row 1 counts 2-3 (from 1-2).
+    assert scored_positions(labels, mask).tolist() == [
+        [True, True, False, False],
+        [False, True, True, False],
+    ]
+
+
+def test_logits_of_the_scored_positions_alone_give_the_same_logprobs_and_gradients():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 11, (5, 9))  # (B, T), V = 11
+    labels[0, 6:] = -100  # padding
+    mask = torch.rand(5, 9) < 0.6
+    full = torch.randn(5, 9, 11, dtype=torch.float64, requires_grad=True)
+    keep = scored_positions(labels, mask)
+    scored = full.detach()[keep].requires_grad_()  # (N, V), what the model returns
+    a, b = token_logprobs(full, labels, mask), token_logprobs(scored, labels, mask)
+    assert torch.equal(a.counts, b.counts)
+    close(b.values, a.values, rtol=0, atol=1e-12)
+    a.sequence("sum").square().sum().backward()
+    b.sequence("sum").square().sum().backward()
+    close(scored.grad, full.grad[keep], rtol=0, atol=1e-12)
+    assert not full.grad[~keep].any()  # nothing flows to the positions left out
+
+
 def test_sequence_logprobs_shape_and_argument_errors():
     logits, labels, mask = hand_built_batch()  # (2, 4, 3), (2, 4), (2, 4)
     with pytest.raises(ValueError, match=r"\(2, 4, 3\).*\(2, 5\).*\(2, 4\)"):
@@ -385,7 +413,9 @@ def test_sequence_logprobs_shape_and_argument_errors():
     with pytest.raises(ValueError, match=r"mask \(2, 3\)"):
         sequence_logprobs(logits, labels, mask[:, :3], "sum")
     with pytest.raises(ValueError, match=r"\(2, 4\)"):
-        sequence_logprobs(logits[0], labels, mask, "sum")
+        sequence_logprobs(logits[0, 0], labels, mask, "sum")  # (3,): neither (B, T, V) nor (N, V)
+    with pytest.raises(ValueError, match=r"\(3, 3\) hold 3 positions.*count 4 tokens"):
+        sequence_logprobs(logits[0, :3], labels, mask, "sum")  # (N, V) with N not the count
     with pytest.raises(ValueError, match="reduction"):
         sequence_logprobs(logits, labels, mask, "max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="integer"):

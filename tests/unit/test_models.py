@@ -237,3 +237,20 @@ def test_loads_from_several_threads_keep_the_output_layer_tied(tokenizer, tmp_pa
     for t in threads:
         t.join()
     assert tied == [True] * 6
+
+
+def test_narrows_logits_for_causal_lms_that_slice_with_the_shared_helper():
+    """transformers' causal LMs read a bool `logits_to_keep` as "these positions only"; a
+    reward model's head has no such argument, and LoRA's wrapper is looked through."""
+    from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification
+
+    from orpo.config import LoraConfig
+    from orpo.models import add_lora, narrows_logits
+
+    config = OPTConfig(
+        vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+        word_embed_proj_dim=16, max_position_embeddings=16,
+    )  # fmt: skip
+    assert narrows_logits(OPTForCausalLM(config))
+    assert not narrows_logits(OPTForSequenceClassification(config))
+    assert narrows_logits(add_lora(OPTForCausalLM(config), LoraConfig(r=2)))

@@ -179,18 +179,23 @@ def test_full_scope_nll_also_trains_on_the_prompt(stage):
     torch.testing.assert_close(stats["nll"], nll.detach())
 
 
+def tiny_opt(seed: int = 0):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    return OPTForCausalLM(
+        OPTConfig(
+            vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+            word_embed_proj_dim=16, max_position_embeddings=T, dropout=0.0,
+        )
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("stage", list(METHODS))
 def test_training_forward_builds_no_key_value_cache(stage):
     """A Hugging Face causal LM copies every layer's keys and values into a cache unless told
     not to; no objective reads one, so none is built."""
-    from transformers import OPTConfig, OPTForCausalLM
-
-    model = OPTForCausalLM(
-        OPTConfig(
-            vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
-            word_embed_proj_dim=16, max_position_embeddings=T,
-        )
-    )  # fmt: skip
+    model = tiny_opt()
     assert model.config.use_cache  # the default this guards against
     outputs = []
 
@@ -204,3 +209,52 @@ def test_training_forward_builds_no_key_value_cache(stage):
     cfg = config(stage, orpo_lambda=0.5 if stage == "orpo" else None, dpo_beta=0.1)
     OBJECTIVES[stage](forward, batch, full_norms(batch, stage), cfg, reference().float())
     assert outputs and all("cache" not in out for out in outputs)
+
+
+@pytest.mark.parametrize(
+    ("stage", "scope"), [(stage, "response") for stage in METHODS] + [("orpo", "full")]
+)
+def test_narrowed_logits_give_the_same_loss_stats_and_gradients(stage, scope):
+    """With `narrow_logits` the model projects only the positions that predict a counted token
+    (here half of them); the loss, every stat and every gradient stay what they were. An
+    NLL over prompt and response needs every position, so "full" does not narrow."""
+    from orpo.models import narrows_logits
+
+    model = tiny_opt().double()
+    assert narrows_logits(model)
+    batch = pair_batch()
+    if METHODS[stage].reads == "chosen":
+        batch = {k: v[:B] for k, v in batch.items()}
+    shapes = []
+
+    def forward(**inputs):
+        out = model(**inputs)
+        shapes.append(tuple(out.logits.shape))
+        return out
+
+    results = []
+    for narrow in (False, True):
+        model.zero_grad()
+        cfg = config(
+            stage,
+            orpo_lambda=0.5 if stage == "orpo" else None,
+            dpo_beta=0.1,
+            nll_scope=scope,
+            narrow_logits=narrow,
+        )
+        loss, stats = OBJECTIVES[stage](forward, batch, full_norms(batch, stage), cfg, reference())
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.detach(), stats, grads))
+    rows = len(batch["input_ids"])
+    scored = int(losses.scored_positions(batch["labels"], batch["response_mask"]).sum())
+    assert shapes[0] == (rows, T, V)
+    assert shapes[1] == ((rows, T, V) if scope == "full" else (scored, V))
+    assert scored <= rows * T / 2
+    (loss_a, stats_a, grads_a), (loss_b, stats_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a)
+    assert stats_a.keys() == stats_b.keys()
+    for key in stats_a:
+        torch.testing.assert_close(stats_b[key], stats_a[key], msg=key)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a)
