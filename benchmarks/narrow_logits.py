@@ -20,7 +20,9 @@ import statistics
 import time
 
 import torch
+from transformers.utils import logging as hf_logging
 
+from orpo.data.prepare import tokenizer_corpus
 from orpo.data.synthetic import generate_suite
 from orpo.data.tokenize import collate_chosen, collate_pairs, encode_pairs
 from orpo.models import build_model, is_preset, load_tokenizer, narrows_logits, train_tokenizer
@@ -37,11 +39,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar
 
     suite = generate_suite(n_train=args.batch * (args.steps + 1), n_eval=0, n_test=0, seed=0)
     if is_preset(args.model):
-        texts = [e.prompt + e.chosen + e.rejected for e in suite["train"]]
-        tokenizer = train_tokenizer(texts, vocab_size=384)
+        tokenizer = train_tokenizer(tokenizer_corpus(suite["train"]), vocab_size=384)
         source = args.model
     else:
         source = materialize(args.model)

@@ -165,7 +165,7 @@ def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, re
         )
         stats = {}
     else:
-        logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # logits (B, T, V)
+        logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # (B, T, V) or (N, V)
         nll_sum = _nll(logits, tokens, batch, slice(None), cfg.nll_scope)
         stats = {"logp_chosen": tokens.sequence("mean").detach().sum()}
     loss = nll_sum / norms.tokens
@@ -174,7 +174,7 @@ def lm_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, re
 
 def orpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """L_ORPO = L_SFT + orpo_lambda * L_OR over one forward pass of chosen+rejected (2B rows)."""
-    logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # logits (2B, T, V)
+    logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # (2B, T, V) or (N, V)
     nll_sum = _nll(logits, tokens, batch, slice(0, _n_pairs(batch)), cfg.nll_scope)
     _, mean = _pair_logps(tokens)
     or_loss, log_odds = odds_ratio_loss(mean.chosen, mean.rejected)  # (B,), (B,)
@@ -214,7 +214,7 @@ def simpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig,
 
 def cpo_objective(forward: Forward, batch, norms: Norms, cfg: ObjectiveConfig, ref=None):
     """CPO: NLL of the chosen response + the reference-free DPO term on summed log-probs."""
-    logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # logits (2B, T, V)
+    logits, tokens = _response_forward(forward, batch, _narrow(cfg))  # (2B, T, V) or (N, V)
     nll_sum = _nll(logits, tokens, batch, slice(0, _n_pairs(batch)), cfg.nll_scope)
     summed, mean = _pair_logps(tokens)
     prefer = losses.cpo_loss(summed.chosen, summed.rejected, cfg.params["beta"])  # (B,)
