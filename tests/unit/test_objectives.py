@@ -212,19 +212,27 @@ def test_training_forward_builds_no_key_value_cache(stage):
 
 
 @pytest.mark.parametrize(
-    ("stage", "scope"), [(stage, "response") for stage in METHODS] + [("orpo", "full")]
+    ("stage", "scope"),
+    [(stage, "response") for stage in METHODS] + [("orpo", "full"), ("pretrain", "full")],
 )
 def test_narrowed_logits_give_the_same_loss_stats_and_gradients(stage, scope):
     """With `narrow_logits` the model projects only the positions that predict a counted token
-    (here half of them); the loss, every stat and every gradient stay what they were. An
-    NLL over prompt and response needs every position, so "full" does not narrow."""
+    (here half of them, or the non-padding ones of pretraining's plain texts); the loss, every
+    stat and every gradient stay what they were. An NLL over prompt and response next to
+    response log-probs needs every position, so "full" does not narrow there."""
     from orpo.models import narrows_logits
 
     model = tiny_opt().double()
     assert narrows_logits(model)
     batch = pair_batch()
-    if METHODS[stage].reads == "chosen":
+    if stage == "pretrain" or METHODS[stage].reads == "chosen":
         batch = {k: v[:B] for k, v in batch.items()}
+    # pretraining counts every token of its texts (scope "full" is its own)
+    counted = (
+        (batch["input_ids"], batch["attention_mask"])
+        if stage == "pretrain"
+        else (batch["labels"], batch["response_mask"])
+    )
     shapes = []
 
     def forward(**inputs):
@@ -247,10 +255,11 @@ def test_narrowed_logits_give_the_same_loss_stats_and_gradients(stage, scope):
         grads = [p.grad.clone() for p in model.parameters()]
         results.append((loss.detach(), stats, grads))
     rows = len(batch["input_ids"])
-    scored = int(losses.scored_positions(batch["labels"], batch["response_mask"]).sum())
+    scored = int(losses.scored_positions(*counted).sum())
     assert shapes[0] == (rows, T, V)
-    assert shapes[1] == ((rows, T, V) if scope == "full" else (scored, V))
-    assert scored <= rows * T / 2
+    full_logits = scope == "full" and stage != "pretrain"
+    assert shapes[1] == ((rows, T, V) if full_logits else (scored, V))
+    assert scored < rows * T if stage == "pretrain" else scored <= rows * T / 2
     (loss_a, stats_a, grads_a), (loss_b, stats_b, grads_b) = results
     torch.testing.assert_close(loss_b, loss_a)
     assert stats_a.keys() == stats_b.keys()
