@@ -7,8 +7,8 @@ setting per process, is `orpo bench`'s to measure).
     python benchmarks/narrow_logits.py --model smollm2-135m-instruct --method orpo --steps 6
 
 The model is a preset, a local directory, a hub id or a packaged GGUF alias, as in an experiment;
-the data is the synthetic suite at the bench's lengths (max_length 48, max_prompt_length 24) and
-batch (16 pairs). Plain torch on CPU, float32: the step the lab's ZeRO-3 cells also run, without
+the data is the synthetic suite at `orpo bench`'s lengths and batch (`orpo.bench.DATA`,
+`GLOBAL_BATCH`: max_length 48, max_prompt_length 24, 16 pairs). Plain torch on CPU, float32: the step the lab's ZeRO-3 cells also run, without
 DeepSpeed's own costs.
 """
 
@@ -22,6 +22,7 @@ import time
 import torch
 from transformers.utils import logging as hf_logging
 
+from orpo.bench import DATA, GLOBAL_BATCH
 from orpo.data.prepare import tokenizer_corpus
 from orpo.data.synthetic import generate_suite
 from orpo.data.tokenize import collate_chosen, collate_pairs, encode_pairs
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--method", default="orpo", choices=["sft", "orpo", "dpo"])
     parser.add_argument("--steps", type=int, default=6, help="steps per setting, after one warm-up")
-    parser.add_argument("--batch", type=int, default=16, help="pairs per step")
+    parser.add_argument("--batch", type=int, default=GLOBAL_BATCH, help="pairs per step")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,12 +44,16 @@ def main() -> None:
 
     suite = generate_suite(n_train=args.batch * (args.steps + 1), n_eval=0, n_test=0, seed=0)
     if is_preset(args.model):
-        tokenizer = train_tokenizer(tokenizer_corpus(suite["train"]), vocab_size=384)
+        tokenizer = train_tokenizer(
+            tokenizer_corpus(suite["train"]), vocab_size=DATA["tokenizer_vocab_size"]
+        )
         source = args.model
     else:
         source = materialize(args.model)
         tokenizer = load_tokenizer(source)
-    encoded, _ = encode_pairs(tokenizer, suite["train"], 48, 24)
+    encoded, _ = encode_pairs(
+        tokenizer, suite["train"], DATA["max_length"], DATA["max_prompt_length"]
+    )
     collate = collate_chosen if args.method == "sft" else collate_pairs
     batches = [
         collate(encoded[i : i + args.batch], tokenizer.pad_token_id)

@@ -188,7 +188,7 @@ def token_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> TokenLogprob
     safe_labels = labels[:, 1:].masked_fill(~counts, 0).long()  # (B, T-1)
     # log_softmax in float32 (or wider): in bf16 the normaliser loses ~3 significant digits.
     # Over all T positions, then cut: the kernel would first copy a (B, T-1, V) slice whole.
-    logps = logits.to(_compute_dtype(logits)).log_softmax(dim=-1)[:, :-1]  # (B, T-1, V)
+    logps = _upcast(logits).log_softmax(dim=-1)[:, :-1]  # (B, T-1, V)
     token_logps = logps.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
     # where, not multiply: a -inf log-prob at an ignored position times 0 would be NaN.
     return TokenLogprobs(torch.where(counts, token_logps, 0.0), counts)
@@ -204,7 +204,7 @@ def _scored_logprobs(logits: Tensor, labels: Tensor, counts: Tensor) -> TokenLog
             "those of exactly the positions scored_positions(labels, mask) sets"
         )
     targets = labels[:, 1:][counts].long()  # (N,)
-    logps = logits.to(_compute_dtype(logits)).log_softmax(dim=-1)  # (N, V)
+    logps = _upcast(logits).log_softmax(dim=-1)  # (N, V)
     token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
     values = token_logps.new_zeros(counts.shape).masked_scatter(counts, token_logps)
     return TokenLogprobs(values, counts)  # values (B, T-1): 0 where nothing counts
