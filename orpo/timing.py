@@ -158,8 +158,6 @@ def release_freed_memory() -> None:
 
 # Linux's madvise advice values (sys/mman.h)
 _MADV_DONTNEED = 4
-_MADV_HUGEPAGE = 14
-_HUGE_PAGE_SIZE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 
 
 def drop_pages(tensor: torch.Tensor) -> int:
@@ -170,20 +168,6 @@ def drop_pages(tensor: torch.Tensor) -> int:
     For a buffer whose values are dead until the next write: memory nobody needs stays
     resident otherwise."""
     return _advise(tensor, os.sysconf("SC_PAGE_SIZE"), _MADV_DONTNEED)
-
-
-def huge_pages_for(tensor: torch.Tensor) -> int:
-    """Ask Linux to back a CPU tensor's memory with transparent huge pages (2 MiB) where it can
-    (MADV_HUGEPAGE: honoured when the system's setting is "madvise" or "always"); returns the
-    bytes advised (0 where there are none, or elsewhere). For a buffer whose pages are dropped
-    and written again every step: rewritten in a loop right after dropping, 348 MB took
-    0.14-0.17 s into 4 KiB pages, 0.045 s into huge pages, 0.03 s into resident memory; in
-    training, where other allocations take the freed pages first, 0.2-0.5 s with huge pages."""
-    try:
-        size = int(_HUGE_PAGE_SIZE.read_text())
-    except (OSError, ValueError):
-        return 0
-    return _advise(tensor, size, _MADV_HUGEPAGE)
 
 
 def _advise(tensor: torch.Tensor, page: int, advice: int) -> int:

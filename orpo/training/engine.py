@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors
 
 from orpo.config import OptimConfig, ResourcesConfig
-from orpo.timing import drop_pages, huge_pages_for
+from orpo.timing import drop_pages
 
 
 def pick_device(resources: ResourcesConfig) -> str:
@@ -281,20 +281,79 @@ def step_on_gradient_views(optimizer) -> bool:
 GRAD_SLOTS = "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition"  # DeepSpeed's private
 
 
-def gradients_straight_to_partitions(optimizer) -> bool:
-    """On one process, let each ZeRO-3 gradient go straight into its slot of the flat gradient
-    buffer the optimizer steps on, instead of through the reduction bucket; True when it does.
+class AdoptedGradients:
+    """ZeRO-3's gradient slots on one CPU process: each weight's gradient, the tensor autograd
+    made, becomes its slot until the optimizer has stepped, instead of being copied into the
+    slot's place in the flat gradient buffer.
 
-    When a weight's gradient is ready, ZeRO-3 copies it into a bucket, divides the bucket by
-    the averaging world size and all-reduces it in place, then copies each part into the flat
-    buffer; a gradient larger than the bucket is instead flattened into a new tensor and
-    reduce-scattered. On one rank the reduction is the identity and the division is by 1, so
-    all of it comes down to one copy (or, when micro-batches accumulate, one addition) into the
-    slot: measured at opt-125m-shape, benchmarks/zero3-tuning.md (2026-12-07, morning).
-    Only where the reduction is the identity and nothing else happens on the way: no offload
-    (the gradients stay where the optimizer steps), no pre-division, no sequence parallelism,
-    no tensor-parallel expert correction; else DeepSpeed's path is kept."""
-    if (
+    Copying meant writing a whole model's worth of gradients into that buffer every backward.
+    Kept resident between steps, the buffer is memory plain torch does not hold at its peak
+    (the start of the backward, when torch has freed its gradients); with its pages handed back
+    after each step, every backward faulted them in again, fresh memory that costs about 1 s per
+    GB on a 2-core VM (0.24-0.55 s of a ~4 s step at opt-125m-shape). Adopted, the gradients are
+    held, and freed after the step, exactly as plain torch holds its `.grad`s, and the buffer is
+    never written: its pages go back once, here. A weight with no gradient in a window reads its
+    untouched slot: zeros. Later micro-batches of a window add onto the adopted tensor."""
+
+    def __init__(self, optimizer):
+        self.slots: dict[int, torch.Tensor] = getattr(optimizer, GRAD_SLOTS)
+        self.buffer_views = dict(self.slots)  # the slots as DeepSpeed made them
+        self.adopted: set[int] = set()
+        drop_pages(optimizer.grad_partitions_flat_buffer)
+        self.scratch = optimizer.grad_partitions_flat_buffer.new_empty(0)
+        self.preparing = False
+        optimizer.flatten = self.flatten
+        optimizer._prepare_fp32_grad_for_sub_group = functools.partial(
+            self._prepare_with_scratch, optimizer._prepare_fp32_grad_for_sub_group
+        )
+
+    @staticmethod
+    def applies(optimizer) -> bool:
+        """On CPUs only: a GPU cannot hand the buffer back, so adopting would hold both."""
+        buffer = optimizer.grad_partitions_flat_buffer
+        return buffer.device.type == "cpu" and all(
+            p.dtype == buffer.dtype for group in optimizer.fp16_groups for p in group
+        )
+
+    def receive(self, ds_id: int, grad: torch.Tensor) -> None:
+        if ds_id in self.adopted:
+            self.slots[ds_id].add_(grad)
+        else:
+            self.slots[ds_id] = grad
+            self.adopted.add(ds_id)
+
+    def release(self) -> None:
+        """After the optimizer step: the gradients are dead; the slots are DeepSpeed's again."""
+        self.slots.update(self.buffer_views)
+        self.adopted.clear()
+
+    def flatten(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """ZeRO-3's flatten, while it prepares a sub-group's gradient for the optimizer: the
+        adopted gradients of a sub-group of several weights no longer lie end to end, so they
+        are concatenated into the one scratch tensor every sub-group reuses (the optimizer steps
+        the sub-groups one after another, each done with its gradient before the next) instead
+        of into fresh memory each time; a view where they do lie end to end, as before."""
+        if not self.preparing or _end_to_end(tensors):
+            return flatten_adjacent_views(tensors)
+        total = sum(t.numel() for t in tensors)
+        if self.scratch.numel() < total:
+            self.scratch = tensors[0].new_empty(total)
+        return torch.cat(tensors, out=self.scratch[:total])
+
+    def _prepare_with_scratch(self, prepare: Callable[[int], None], sub_group_id: int) -> None:
+        self.preparing = True
+        try:
+            prepare(sub_group_id)
+        finally:
+            self.preparing = False
+
+
+def gradients_go_straight(optimizer) -> bool:
+    """Whether ZeRO-3's reduction of each gradient is the identity here, so that it can go
+    straight to its slot of the gradients the optimizer steps on (`send_gradients_straight`):
+    one process, no offload (the gradients stay where the optimizer steps), no pre-division,
+    no sequence parallelism, no tensor-parallel expert correction."""
+    return not (
         dist.get_world_size() != 1
         or not hasattr(optimizer, GRAD_SLOTS)
         or optimizer.offload_optimizer
@@ -302,23 +361,37 @@ def gradients_straight_to_partitions(optimizer) -> bool:
         or optimizer.gradient_predivide_factor != 1.0
         or optimizer.sequence_parallel_size != 1
         or getattr(optimizer, "autoep_folding_tp_group", None) is not None
-    ):
-        return False
+    )
+
+
+def send_gradients_straight(optimizer, adopted: AdoptedGradients | None) -> None:
+    """Let each ZeRO-3 gradient go straight to its slot instead of through the reduction
+    bucket, where `gradients_go_straight`: adopted as the slot itself when `adopted` is given
+    (CPUs), else copied into the slot's place in the flat buffer.
+
+    When a weight's gradient is ready, ZeRO-3 copies it into a bucket, divides the bucket by
+    the averaging world size and all-reduces it in place, then copies each part into the flat
+    buffer; a gradient larger than the bucket is instead flattened into a new tensor and
+    reduce-scattered. On one rank the reduction is the identity and the division is by 1, so
+    all of it comes down to one copy (or, when micro-batches accumulate, one addition) into the
+    slot: measured at opt-125m-shape, benchmarks/zero3-tuning.md (2026-12-07, morning)."""
 
     @torch.no_grad()
     def to_slot(param: torch.nn.Parameter) -> None:
         if not getattr(param, "ds_grad_is_ready", True):  # DeepSpeed's own guard, kept
             return
-        slot = getattr(optimizer, GRAD_SLOTS)[param.ds_id]
         grad = param.grad.view(-1)
+        param.grad = None
+        if adopted is not None:
+            adopted.receive(param.ds_id, grad)
+            return
+        slot = getattr(optimizer, GRAD_SLOTS)[param.ds_id]
         if optimizer.micro_step_id == 0:  # the window's first micro-batch: overwrite
             slot.copy_(grad)
         else:
             slot.add_(grad)
-        param.grad = None
 
     optimizer.reduce_independent_p_g_buckets_and_remove_grads = to_slot
-    return True
 
 
 def weights_as_partitions(optimizer) -> int:
@@ -405,17 +478,12 @@ class DeepSpeedEngine:
         zero3 = resources.zero_stage == 3  # both reach into ZeRO-3's optimizer
         self.weights_as_partitions = weights_as_partitions(wrapped) if zero3 else 0
         self.steps_on_gradient_views = step_on_gradient_views(wrapped) if zero3 else False
-        self.gradients_to_partitions = gradients_straight_to_partitions(wrapped) if zero3 else False
-        # Once the optimizer has stepped, ZeRO-3's flat gradient buffer holds nothing anyone reads
-        # before the next backward writes it, yet stays resident, a gradient's worth of memory
-        # for the whole model on top of what plain torch holds at its peak, the start of the
-        # backward, when torch has freed its gradients and activations are largest. Dropping
-        # its pages after each step leaves it as torch's gradients are then: not there. Writing
-        # it again costs fresh pages every backward (0.2-0.5 s of a ~4 s step at opt-125m-shape
-        # on a 2-core VM, huge pages advised); memory is what ZeRO-3 is for, so it pays that.
-        self.drops_gradient_pages = self.gradients_to_partitions and self.device_type == "cpu"
-        if self.drops_gradient_pages:
-            huge_pages_for(wrapped.grad_partitions_flat_buffer)
+        self.gradients_to_partitions = zero3 and gradients_go_straight(wrapped)
+        self.adopted_gradients = None  # let go after each optimizer step, as torch's are
+        if self.gradients_to_partitions:
+            if AdoptedGradients.applies(wrapped):
+                self.adopted_gradients = AdoptedGradients(wrapped)
+            send_gradients_straight(wrapped, self.adopted_gradients)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -436,8 +504,8 @@ class DeepSpeedEngine:
     def step(self) -> None:
         steps = self.engine.global_steps
         self.engine.step()  # a no-op for the optimizer except at accumulation boundaries
-        if self.drops_gradient_pages and self.engine.global_steps != steps:
-            drop_pages(self.engine.optimizer.grad_partitions_flat_buffer)
+        if self.adopted_gradients is not None and self.engine.global_steps != steps:
+            self.adopted_gradients.release()
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])

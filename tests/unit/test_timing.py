@@ -15,7 +15,6 @@ from orpo.timing import (
     breakdown,
     breakdown_lines,
     drop_pages,
-    huge_pages_for,
     peak_rss_mb,
     release_freed_memory,
     resident_mb,
@@ -86,32 +85,6 @@ def test_a_buffers_dropped_pages_leave_memory_and_read_as_zeros_until_written():
     buffer.fill_(2.0)  # written again: faulted back in, and it holds what was written
     assert float(buffer.sum()) == 2.0 * buffer.numel()
     assert drop_pages(torch.ones(16)) == 0  # within one page: nothing to drop
-
-
-def _huge_pages_setting() -> str:
-    try:
-        return open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "absent"
-
-
-@pytest.mark.skipif(
-    "[never]" in _huge_pages_setting() or _huge_pages_setting() == "absent",
-    reason=f"transparent huge pages are off here: {_huge_pages_setting().strip()}",
-)
-def test_a_buffer_advised_huge_pages_gets_them_when_written():
-    import torch
-
-    def huge_kb() -> int:
-        smaps = open("/proc/self/smaps").read().splitlines()  # its rollup read 0 on this kernel
-        return sum(int(line.split()[1]) for line in smaps if line.startswith("AnonHugePages:"))
-
-    buffer = torch.ones(64 * 2**18)  # 64 MB, resident in 4 KiB pages (maybe reused heap)
-    assert huge_pages_for(buffer) >= 62 * 2**20  # its whole 2 MiB pages
-    drop_pages(buffer)  # as the engine's gradient buffer, after each step
-    before = huge_kb()
-    buffer.fill_(1.0)  # faulted in again
-    assert huge_kb() - before >= 32 * 1024  # the kernel may decline some, not most
 
 
 def test_a_started_process_reports_its_own_peak_not_its_parents():
