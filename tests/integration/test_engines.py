@@ -1,11 +1,10 @@
 """ZeRO-3 on one process, with the DeepSpeed config the lab generates for it (every parameter
 resident, torch's linear, gradients all-reduced in place, a gradient bucket smaller than
 the largest parameters, the optimizer stepped in sub-groups), fp32 weights serving as their
-own optimizer masters, resident weights as views of their partitions, gradients copied
-straight to the optimizer (on CPUs autograd's tensors themselves, the flat buffer never
-written),
-trains the same numbers as the plain-torch floor: the tuning changes where the work happens,
-not the arithmetic."""
+own optimizer masters, resident weights as views of their partitions, no per-module hooks,
+gradients straight to the optimizer (on CPUs autograd's tensors themselves, the flat buffer
+never written), trains the same numbers as the plain-torch floor: the tuning changes where the
+work happens, not the arithmetic."""
 
 from __future__ import annotations
 
@@ -58,6 +57,18 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     params = list(zero3.module.parameters())
     assert zero3.weights_as_partitions == len(params) and zero3.steps_on_gradient_views
     assert zero3.gradients_to_partitions and zero3.adopted_gradients is not None
+    # nothing to fetch or release: ZeRO-3's per-module hooks are off, its sub-modules hooked
+    # as the floor's are (the engine's own prologue and epilogue on the whole model stay)
+    assert zero3.without_module_hooks
+
+    def submodule_hooks(model: torch.nn.Module) -> int:
+        return sum(
+            len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks)
+            for m in model.modules()
+            if m is not model
+        )
+
+    assert submodule_hooks(zero3.module) == submodule_hooks(floor.module)
     buffer_views = dict(zero3.adopted_gradients.slots)
 
     def views_of_partitions() -> bool:
