@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -404,15 +406,40 @@ def collect_results(exp: Experiment, meta_extra: dict | None = None) -> Path:
     meta["notes"] = [*notes, *(extra.pop("notes", None) or [])]
     meta.update(extra)
     out = paths.results_dir(exp.name)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Two runs of one experiment (a team sharing runs/) may collect at once: each writes its own
+    # folder, and the finished one takes the results' place in two renames, never leaving a
+    # half-deleted folder where the other run's report is reading.
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out.with_name(f"{out.name}.tmp-{tag}")
     tmp.mkdir(parents=True)
     for name, frame in tables.items():
         frame.to_parquet(tmp / table_file(name), index=False)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _swap_into_place(tmp, out, tag)
     return out
+
+
+def _swap_into_place(new: Path, out: Path, tag: str, attempts: int = 5) -> None:
+    """Put folder `new` where `out` is: the old folder steps aside and is deleted afterwards.
+    When another writer's folder lands in between, it steps aside too: the last writer wins."""
+    aside: list[Path] = []
+    try:
+        for attempt in range(attempts):
+            old = out.with_name(f"{out.name}.old-{tag}-{attempt}")
+            try:
+                out.rename(old)
+                aside.append(old)
+            except FileNotFoundError:  # none yet, or another writer's swap has it aside
+                pass
+            try:
+                new.rename(out)
+                return
+            except OSError:  # another writer's folder landed first
+                continue
+        raise RuntimeError(f"could not put {new} in place of {out} in {attempts} tries")
+    finally:
+        for old in aside:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the report -------------------------------------------------------------------------------

@@ -392,3 +392,34 @@ def test_collect_with_no_cells_at_all(tmp_path, monkeypatch):
     assert (loaded.cells["status"] == "failed").all()
     assert "win_rates" in loaded.missing and "samples" in loaded.missing
     assert Path(loaded.results_dir).is_dir()
+
+
+def test_results_swap_into_place_leaving_no_folder_aside(tmp_path, monkeypatch):
+    from orpo.evaluation import collect
+
+    out = tmp_path / "results"
+    first = tmp_path / "new-1"
+    first.mkdir()
+    (first / "meta.json").write_text("1")
+    collect._swap_into_place(first, out, "a")  # no results yet
+    assert (out / "meta.json").read_text() == "1"
+    second = tmp_path / "new-2"
+    second.mkdir()
+    (second / "meta.json").write_text("2")
+    # another run's results land between this writer's two renames: they step aside as well
+    rename = type(out).rename
+    landed = []
+
+    def racing_rename(self, target):
+        if self == second and not landed:
+            other = tmp_path / "other"
+            other.mkdir()
+            (other / "meta.json").write_text("other")
+            rename(other, out)
+            landed.append(other)
+        return rename(self, target)
+
+    monkeypatch.setattr(type(out), "rename", racing_rename)
+    collect._swap_into_place(second, out, "b")
+    assert landed and (out / "meta.json").read_text() == "2"  # the last writer wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # nothing left aside
