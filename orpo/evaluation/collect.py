@@ -408,7 +408,8 @@ def collect_results(exp: Experiment, meta_extra: dict | None = None) -> Path:
     out = paths.results_dir(exp.name)
     # Two runs of one experiment (a team sharing runs/) may collect at once: each writes its own
     # folder, and the finished one takes the results' place in two renames, never leaving a
-    # half-deleted folder where the other run's report is reading.
+    # half-deleted folder where the other run's report is reading (only, for the instant between
+    # the renames, none).
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out.with_name(f"{out.name}.tmp-{tag}")
     tmp.mkdir(parents=True)
