@@ -298,7 +298,6 @@ class AdoptedGradients:
     def __init__(self, optimizer):
         self.slots: dict[int, torch.Tensor] = getattr(optimizer, GRAD_SLOTS)
         self.buffer_views = dict(self.slots)  # the slots as DeepSpeed made them
-        self.adopted: set[int] = set()
         drop_pages(optimizer.grad_partitions_flat_buffer)
         self.scratch = optimizer.grad_partitions_flat_buffer.new_empty(0)
         self.preparing = False
@@ -316,16 +315,14 @@ class AdoptedGradients:
         )
 
     def receive(self, ds_id: int, grad: torch.Tensor) -> None:
-        if ds_id in self.adopted:
-            self.slots[ds_id].add_(grad)
-        else:
+        if self.slots[ds_id] is self.buffer_views[ds_id]:  # the window's first gradient
             self.slots[ds_id] = grad
-            self.adopted.add(ds_id)
+        else:
+            self.slots[ds_id].add_(grad)
 
     def release(self) -> None:
         """After the optimizer step: the gradients are dead; the slots are DeepSpeed's again."""
         self.slots.update(self.buffer_views)
-        self.adopted.clear()
 
     def flatten(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """ZeRO-3's flatten, while it prepares a sub-group's gradient for the optimizer: the
