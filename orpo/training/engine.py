@@ -21,6 +21,7 @@ from torch._utils import _flatten_dense_tensors
 
 from orpo.config import OptimConfig, ResourcesConfig
 from orpo.timing import drop_pages
+from orpo.training.unpadded import tokens_only_feed_forward
 
 
 def pick_device(resources: ResourcesConfig) -> str:
@@ -514,7 +515,8 @@ class DeepSpeedEngine:
         return self.engine.module
 
     def forward(self, **batch):
-        return self.engine(**batch)
+        with tokens_only_feed_forward(self.module, batch.get("attention_mask")):
+            return self.engine(**batch)
 
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
@@ -629,7 +631,10 @@ class TorchEngine:
 
     def forward(self, **batch):
         bf16 = self.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16),
+            tokens_only_feed_forward(self.model, batch.get("attention_mask")),
+        ):
             return self.model(**batch)
 
     def train(self, mode: bool = True) -> None:

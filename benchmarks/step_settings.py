@@ -1,10 +1,16 @@
-"""What narrowing the logits saves: one training step (forward, backward, AdamW) of an objective
-with `narrow_logits` off and on, in ONE process, alternating step by step on the same batches, so
-the machine's drift from minute to minute falls on both alike. Prints each step, the median step
-seconds and their ratio, and the size of the logits each setting holds (the step's memory, one
-setting per process, is `orpo bench`'s to measure).
+"""What one setting of the training forward saves: one training step (forward, backward, AdamW)
+of an objective with the setting off and on, in ONE process, alternating step by step on the same
+batches, so the machine's drift from minute to minute falls on both alike. Prints each step, the
+median step seconds and their ratio (the step's memory, one setting per process, is `orpo
+bench`'s to measure). The settings:
+- `narrow-logits`: logits only where a token is scored (`ObjectiveConfig.narrow_logits`); prints
+  the size of the logits each side holds;
+- `tokens-only-feed-forward`: feed-forward blocks on the real tokens, not the padding
+  (`orpo.training.unpadded`, as both engines run them; logits narrowed on both sides where the
+  model can); prints how many of the batch's positions are real.
 
-    python benchmarks/narrow_logits.py --model smollm2-135m-instruct --method orpo --steps 6
+    python benchmarks/step_settings.py --setting narrow-logits --model smollm2-135m-instruct \
+        --method orpo --steps 6
 
 The model is a preset, a local directory, a hub id or a packaged GGUF alias, as in an experiment;
 the data is the synthetic suite at `orpo bench`'s lengths and batch (`orpo.bench.DATA`,
@@ -29,10 +35,14 @@ from orpo.data.tokenize import collate_chosen, collate_pairs, encode_pairs
 from orpo.models import build_model, is_preset, load_tokenizer, narrows_logits, train_tokenizer
 from orpo.sources import materialize
 from orpo.training.objectives import OBJECTIVES, Norms, ObjectiveConfig, n_examples, nll_tokens
+from orpo.training.unpadded import tokens_only_feed_forward
+
+SETTINGS = ("narrow-logits", "tokens-only-feed-forward")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", default="narrow-logits", choices=SETTINGS)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--method", default="orpo", choices=["sft", "orpo", "dpo"])
     parser.add_argument("--steps", type=int, default=6, help="steps per setting, after one warm-up")
@@ -60,7 +70,8 @@ def main() -> None:
         for i in range(0, len(encoded) - args.batch + 1, args.batch)
     ]
     model = build_model(source, tokenizer)
-    if not narrows_logits(model):
+    narrowing = args.setting == "narrow-logits"
+    if narrowing and not narrows_logits(model):
         raise SystemExit(f"{args.model}: its forward cannot return the scored positions alone")
     models = {False: model, True: copy.deepcopy(model)}
     optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
@@ -68,12 +79,15 @@ def main() -> None:
     seconds: dict[bool, list[float]] = {False: [], True: []}
     shapes: dict[bool, tuple] = {}
     print(
-        f"{args.model}, {args.method}, {len(batches) - 1} steps per setting after a warm-up, "
+        f"{args.setting}: {args.model}, {args.method}, {len(batches) - 1} steps per side after a warm-up, "
         f"{args.batch} pairs, {torch.get_num_threads()} threads",
         flush=True,
     )
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    positions = sum(b["attention_mask"].numel() for b in batches)
     for step, batch in enumerate(batches):
-        for narrow in (False, True) if step % 2 == 0 else (True, False):
+        for on in (False, True) if step % 2 == 0 else (True, False):
+            narrow = on if narrowing else narrows_logits(model)
             cfg = ObjectiveConfig(
                 stage=args.method, orpo_lambda=0.1, dpo_beta=0.1, narrow_logits=narrow
             )
@@ -82,25 +96,33 @@ def main() -> None:
                 examples=n_examples(batch, args.method),
             )
 
-            def forward(narrow=narrow, **inputs):
-                out = models[narrow](**inputs)
-                shapes[narrow] = tuple(out.logits.shape)
+            def forward(on=on, **inputs):
+                mask = None if narrowing or not on else inputs["attention_mask"]
+                with tokens_only_feed_forward(models[on], mask):
+                    out = models[on](**inputs)
+                shapes[on] = tuple(out.logits.shape)
                 return out
 
             started = time.perf_counter()
             loss, _ = OBJECTIVES[args.method](forward, batch, norms, cfg, ref)
             loss.backward()
-            optims[narrow].step()
-            optims[narrow].zero_grad()
+            optims[on].step()
+            optims[on].zero_grad()
             took = time.perf_counter() - started
             if step > 0:  # the first step of each is warm-up
-                seconds[narrow].append(took)
-            print(f"step {step} narrow={narrow}: {took:.3f} s, logits {shapes[narrow]}", flush=True)
-    full, narrow = statistics.median(seconds[False]), statistics.median(seconds[True])
-    print(f"median s/step: every position {full:.3f}, narrowed {narrow:.3f}: {narrow / full:.2f}x")
-    for narrow, name in ((False, "every position"), (True, "narrowed")):
-        mb = 4 * torch.Size(shapes[narrow]).numel() / 2**20  # float32
-        print(f"logits, {name}: {shapes[narrow]}, {mb:,.1f} MB")
+                seconds[on].append(took)
+            print(f"step {step} {args.setting}={on}: {took:.3f} s, logits {shapes[on]}", flush=True)
+    off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+    if narrowing:
+        print(f"median s/step: every position {off:.3f}, narrowed {on:.3f}: {on / off:.2f}x")
+        for on, name in ((False, "every position"), (True, "narrowed")):
+            mb = 4 * torch.Size(shapes[on]).numel() / 2**20  # float32
+            print(f"logits, {name}: {shapes[on]}, {mb:,.1f} MB")
+    else:
+        print(
+            f"median s/step: over the padding {off:.3f}, real tokens only {on:.3f}: {on / off:.2f}x"
+        )
+        print(f"real tokens: {real} of {positions} positions ({real / positions:.0%})")
 
 
 if __name__ == "__main__":
