@@ -7,8 +7,9 @@ computes at a padding position never reaches a real one (padding is masked out o
 attention, and out of every loss). So while `tokens_only_feed_forward` is active, each
 supported layer's feed-forward block runs on the (n, H) rows of the real tokens: gathered on
 the way in, scattered back into place (zeros at the padding, which the residual then passes
-through) on the way out. Real tokens compute what they did before: the forward pass is the
-same to the bit; weight gradients sum over fewer rows, so they match to float rounding.
+through) on the way out. Real tokens compute what they did before: on the CPU in fp32 the
+loss came out the same to the bit (tests/unit/test_unpadded.py; a product over fewer rows may
+round differently elsewhere), and weight gradients, summed over fewer rows, to float rounding.
 
 The feed-forward block holds two thirds of a layer's matrix products (8 H^2 of 12 H^2 a
 token in OPT); the bench's batches are 30% padding, and an ORPO step at opt-125m-shape took
