@@ -64,9 +64,7 @@ def tokens_only_feed_forward(
 
     def gather(module, args):
         x = args[0] if args else None
-        if (
-            x is None or x.numel() != positions * x.shape[-1]
-        ):  # not this batch's positions: leave it
+        if x is None or x.numel() != positions * x.shape[-1]:  # not this batch: leave it
             leading[0] = None
             return None
         leading[0] = x.shape[:-1]  # (B, T) or OPT's flattened (B * T,)
