@@ -16,7 +16,9 @@ token in OPT); the bench's batches are 30% padding, and an ORPO step at opt-125m
 0.86x the time with it (`benchmarks/step_settings.py --setting tokens-only-feed-forward`;
 benchmarks/results/2026-12-07-tokens-only-feed-forward-opt125m.txt). Layers of other architectures
 are left alone: their blocks may not be position-wise (a mixture of experts balances tokens
-across the batch), so they are added here only once tested.
+across the batch), so they are added here only once tested. The hooks live for one forward
+pass, so activation checkpointing (a recomputation in the backward pass, outside them) would
+need them kept on; the lab trains without it.
 """
 
 from __future__ import annotations
