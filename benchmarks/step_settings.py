@@ -71,7 +71,8 @@ def main() -> None:
     ]
     model = build_model(source, tokenizer)
     narrowing = args.setting == "narrow-logits"
-    if narrowing and not narrows_logits(model):
+    can_narrow = narrows_logits(model)
+    if narrowing and not can_narrow:
         raise SystemExit(f"{args.model}: its forward cannot return the scored positions alone")
     models = {False: model, True: copy.deepcopy(model)}
     optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
@@ -87,7 +88,7 @@ def main() -> None:
     positions = sum(b["attention_mask"].numel() for b in batches)
     for step, batch in enumerate(batches):
         for on in (False, True) if step % 2 == 0 else (True, False):
-            narrow = on if narrowing else narrows_logits(model)
+            narrow = on if narrowing else can_narrow
             cfg = ObjectiveConfig(
                 stage=args.method, orpo_lambda=0.1, dpo_beta=0.1, narrow_logits=narrow
             )
@@ -112,15 +113,18 @@ def main() -> None:
             if step > 0:  # the first step of each is warm-up
                 seconds[on].append(took)
             print(f"step {step} {args.setting}={on}: {took:.3f} s, logits {shapes[on]}", flush=True)
-    off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+    off_s, on_s = statistics.median(seconds[False]), statistics.median(seconds[True])
     if narrowing:
-        print(f"median s/step: every position {off:.3f}, narrowed {on:.3f}: {on / off:.2f}x")
+        print(
+            f"median s/step: every position {off_s:.3f}, narrowed {on_s:.3f}: {on_s / off_s:.2f}x"
+        )
         for on, name in ((False, "every position"), (True, "narrowed")):
             mb = 4 * torch.Size(shapes[on]).numel() / 2**20  # float32
             print(f"logits, {name}: {shapes[on]}, {mb:,.1f} MB")
     else:
         print(
-            f"median s/step: over the padding {off:.3f}, real tokens only {on:.3f}: {on / off:.2f}x"
+            f"median s/step: over the padding {off_s:.3f}, real tokens only {on_s:.3f}: "
+            f"{on_s / off_s:.2f}x"
         )
         print(f"real tokens: {real} of {positions} positions ({real / positions:.0%})")
 
