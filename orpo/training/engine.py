@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors
+from torch.optim.adamw import adamw as adamw_functional
 
 from orpo.config import OptimConfig, ResourcesConfig
 from orpo.timing import drop_pages
@@ -346,6 +347,133 @@ class AdoptedGradients:
             self.preparing = False
 
 
+class OneFusedStep:
+    """ZeRO-3's optimizer step on one CPU process, taken as plain torch takes it: one gradient
+    norm over every weight's gradient at once, and one fused AdamW call over every weight,
+    instead of DeepSpeed's walk through its sub-groups (per sub-group: the norm of each
+    gradient, the gradients concatenated, a clip, an AdamW step, its bookkeeping).
+
+    It applies where `AdoptedGradients` does and every sub-group's fp32 masters are its
+    weights (`share_fp32_masters`): the update then needs no copy anywhere. Each weight steps on
+    a view of its sub-group's flat fp32 partition and of that sub-group's AdamW moments, the
+    tensors DeepSpeed's optimizer state and checkpoints hold, so they see every update; AdamW
+    is elementwise, so stepping the views is the same arithmetic as stepping the flat tensor.
+    The norm is DeepSpeed's (each gradient's 2-norm, squared, summed, square root) and so is the
+    clip (gradients times 1 / max(1, (norm + 1e-6) / max_norm), skipped where that factor is
+    exactly 1). The first step, which creates AdamW's state, a non-finite norm, or masters that
+    no longer share their weights' memory take DeepSpeed's own step. At opt-125m-shape:
+    benchmarks/zero3-tuning.md (2026-12-07, late)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.deepspeed_step = optimizer.step
+        optimizer.step = self.step
+
+    @staticmethod
+    def applies(optimizer, shared_master_groups: int) -> bool:
+        inner = optimizer.optimizer
+        return (
+            isinstance(inner, torch.optim.AdamW)
+            and all(
+                g.get("fused") and not (g["amsgrad"] or g["maximize"] or g.get("capturable"))
+                for g in inner.param_groups
+            )
+            and optimizer.dtype == torch.float32
+            and optimizer.loss_scale == 1  # nothing to unscale
+            and shared_master_groups == len(optimizer.fp16_groups)
+            and not (optimizer.offload_optimizer or optimizer.swap_optimizer)
+            and not getattr(optimizer, "use_muon", False)
+            and optimizer.torch_autocast_gradscaler is None
+        )
+
+    def _ready(self) -> bool:
+        """AdamW's state exists, and each master still is its weights' memory end to end."""
+        opt, state = self.optimizer, self.optimizer.optimizer.state
+        for flat, weights, group in zip(
+            opt.fp32_partitioned_groups_flat,
+            opt.fp16_partitioned_groups_flat,
+            opt.fp16_groups,
+            strict=True,
+        ):
+            if "exp_avg" not in state.get(flat, {}) or weights.data_ptr() != flat.data_ptr():
+                return False
+            if sum(p.partition_numel() for p in group) != flat.numel():
+                return False
+        return True
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        opt = self.optimizer
+        if not self._ready():
+            return self.deepspeed_step()
+        sub_groups = [opt.averaged_gradients[i] for i in range(len(opt.fp16_groups))]
+        grads = [g for sub_group in sub_groups for g in sub_group]
+        norm = self._norm(sub_groups, torch._foreach_norm(grads))
+        if not torch.isfinite(norm):
+            return self.deepspeed_step()  # which skips the update, as it does for any overflow
+        opt._pre_step()
+        opt.overflow = False
+        opt._global_grad_norm = norm
+        if opt.clip_grad > 0:
+            scale = torch.clamp((norm + 1e-6) / opt.clip_grad, min=1.0)
+            if scale.item() != 1.0:
+                torch._foreach_mul_(grads, 1.0 / scale)
+        opt.zero_grad(set_to_none=True)
+        for group_id, group in enumerate(opt.optimizer.param_groups):
+            self._adamw(group_id, group)
+        opt.averaged_gradients = {}  # the gradients are spent (DeepSpeed's own reset)
+        opt._post_step(set())
+
+    @staticmethod
+    def _norm(sub_groups: list[list[torch.Tensor]], norms: list[torch.Tensor]) -> torch.Tensor:
+        """DeepSpeed's global norm from each gradient's norm, in its order of operations:
+        per sub-group the square root of the summed squares, then the 2-norm of those."""
+        per_group, start = [], 0
+        for sub_group in sub_groups:
+            squares = torch.sum(torch.pow(torch.stack(norms[start : start + len(sub_group)]), 2))
+            per_group.append(squares ** (1.0 / 2))
+            start += len(sub_group)
+        return torch.linalg.vector_norm(torch.stack(per_group), ord=2)
+
+    def _adamw(self, group_id: int, group: dict) -> None:
+        """One fused AdamW call over the views of every weight in param group `group_id`."""
+        opt, state = self.optimizer, self.optimizer.optimizer.state
+        weights, grads, exp_avgs, exp_avg_sqs, steps, counters = [], [], [], [], [], []
+        for sub_group_id, params in enumerate(opt.fp16_groups):
+            if opt.sub_group_to_group_id[sub_group_id] != group_id:
+                continue
+            flat = opt.fp32_partitioned_groups_flat[sub_group_id]
+            moments = state[flat]
+            offset = 0
+            for param, grad in zip(params, opt.averaged_gradients[sub_group_id], strict=True):
+                n = param.partition_numel()
+                weights.append(flat.narrow(0, offset, n))
+                grads.append(grad)
+                exp_avgs.append(moments["exp_avg"].narrow(0, offset, n))
+                exp_avg_sqs.append(moments["exp_avg_sq"].narrow(0, offset, n))
+                steps.append(moments["step"].clone())  # the call counts each one up
+                offset += n
+            counters.append(moments["step"])
+        beta1, beta2 = group["betas"]
+        adamw_functional(
+            weights,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            fused=True,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+        )
+        torch._foreach_add_(counters, 1)
+
+
 def gradients_go_straight(optimizer) -> bool:
     """Whether ZeRO-3's reduction of each gradient is the identity here, so that it can go
     straight to its slot of the gradients the optimizer steps on (`send_gradients_straight`):
@@ -509,6 +637,11 @@ class DeepSpeedEngine:
             if AdoptedGradients.applies(wrapped):
                 self.adopted_gradients = AdoptedGradients(wrapped)
             send_gradients_straight(wrapped, self.adopted_gradients)
+        self.one_fused_step = None
+        if self.adopted_gradients is not None and OneFusedStep.applies(
+            wrapped, self.shared_master_groups
+        ):
+            self.one_fused_step = OneFusedStep(wrapped)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -530,8 +663,15 @@ class DeepSpeedEngine:
     def step(self) -> None:
         steps = self.engine.global_steps
         self.engine.step()  # a no-op for the optimizer except at accumulation boundaries
-        if self.adopted_gradients is not None and self.engine.global_steps != steps:
+        if self.engine.global_steps == steps:
+            return
+        if self.adopted_gradients is not None:
             self.adopted_gradients.release()
+        if self.without_module_hooks and self.engine.optimizer.overflow:
+            # A step DeepSpeed skips (a non-finite gradient) releases every weight and returns
+            # before gathering them again, which only its per-module hooks would then do.
+            resident = self.engine.optimizer.persistent_parameters
+            resident[0].all_gather(resident)
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])

@@ -3,8 +3,8 @@ resident, torch's linear, gradients all-reduced in place, a gradient bucket smal
 the largest parameters, the optimizer stepped in sub-groups), fp32 weights serving as their
 own optimizer masters, resident weights as views of their partitions, no per-module hooks,
 gradients straight to the optimizer (on CPUs autograd's tensors themselves, the flat buffer
-never written), trains the same numbers as the plain-torch floor: the tuning changes where the
-work happens, not the arithmetic."""
+never written), the optimizer stepped in one fused call, trains the same numbers as the
+plain-torch floor: the tuning changes where the work happens, not the arithmetic."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
     # nothing to fetch or release: ZeRO-3's per-module hooks are off, its sub-modules hooked
     # as the floor's are (the engine's own prologue and epilogue on the whole model stay)
     assert zero3.without_module_hooks
+    assert zero3.one_fused_step is not None
 
     def submodule_hooks(model: torch.nn.Module) -> int:
         return sum(
@@ -113,3 +114,61 @@ def test_zero3_one_process_trains_like_plain_torch(single_rank, monkeypatch):
         for n, p in floor.module.named_parameters()
     )
     assert moved > 1e-4  # three real updates, not a comparison of two untouched models
+
+
+def test_one_fused_step_is_deepspeeds_step_to_the_bit(single_rank):
+    """The fused step against DeepSpeed's own sub-group walk, two engines on copies of one model
+    and the same micro-batches: weights, AdamW's moments and gradient norms equal to the bit;
+    DeepSpeed's step is taken only where AdamW's state does not exist yet, and for a non-finite
+    gradient, which it skips."""
+    tokenizer = train_tokenizer([f"word{i} text{i % 7} more{i % 13}" for i in range(300)], 300)
+    model = build_model("opt-medium", tokenizer, seed=0)  # several optimizer sub-groups
+    optim = OptimConfig(
+        lr=1e-3, epochs=1, batch_size=4, grad_accum=2, max_grad_norm=0.5, warmup_ratio=0.0
+    )
+    resources = ResourcesConfig(device="cpu", zero_stage=3)
+    fused = DeepSpeedEngine(copy.deepcopy(model), optim, resources, total_steps=4)
+    walked = DeepSpeedEngine(copy.deepcopy(model), optim, resources, total_steps=4)
+    walked.engine.optimizer.step = walked.one_fused_step.deepspeed_step
+    deepspeed_steps = []
+    own = fused.one_fused_step.deepspeed_step
+    fused.one_fused_step.deepspeed_step = lambda: deepspeed_steps.append(1) or own()
+    assert len(fused.engine.optimizer.fp16_groups) > 1
+
+    def states(engine) -> list[torch.Tensor]:
+        optimizer = engine.engine.optimizer
+        return [
+            optimizer.optimizer.state[flat][key]
+            for flat in optimizer.fp32_partitioned_groups_flat
+            for key in ("exp_avg", "exp_avg_sq", "step")
+        ]
+
+    def weights(engine) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in engine.module.parameters()]
+
+    ids = torch.randint(4, len(tokenizer), (8, 24), generator=torch.Generator().manual_seed(0))
+    halves = [dict(input_ids=x, attention_mask=torch.ones_like(x), labels=x) for x in ids.chunk(2)]
+    for step in range(3):
+        for engine in (fused, walked):
+            for half in halves:
+                engine.backward(engine.forward(**half).loss)
+                engine.step()
+        assert fused.grad_norm() == walked.grad_norm() > optim.max_grad_norm, step  # clipped
+        assert all(map(torch.equal, weights(fused), weights(walked))), step
+        assert all(map(torch.equal, states(fused), states(walked))), step
+    assert len(deepspeed_steps) == 1  # the first, which creates AdamW's state
+    assert float(states(fused)[2]) == 3
+
+    before = weights(fused)
+    for half in halves:
+        fused.backward(fused.forward(**half).loss)
+        if half is halves[-1]:
+            fused.engine.optimizer.averaged_gradients[0][0][0] = float("inf")
+        fused.step()
+    assert len(deepspeed_steps) == 2 and fused.grad_norm() == float("inf")
+    assert all(map(torch.equal, weights(fused), before))  # the update was skipped
+    for half in halves:  # and the weights are there for the next step, which is fused again
+        fused.backward(fused.forward(**half).loss)
+        fused.step()
+    assert len(deepspeed_steps) == 2 and float(states(fused)[2]) == 4
+    assert not any(map(torch.equal, weights(fused), before))
