@@ -384,22 +384,23 @@ class OneFusedStep:
             and not (optimizer.offload_optimizer or optimizer.swap_optimizer)
             and not getattr(optimizer, "use_muon", False)
             and optimizer.torch_autocast_gradscaler is None
+            and all(  # each sub-group's flat partition is its weights end to end
+                sum(p.partition_numel() for p in group) == flat.numel()
+                for group, flat in zip(
+                    optimizer.fp16_groups, optimizer.fp32_partitioned_groups_flat, strict=True
+                )
+            )
         )
 
     def _ready(self) -> bool:
-        """AdamW's state exists, and each master still is its weights' memory end to end."""
+        """AdamW's state exists, and each master still is its weights' memory."""
         opt, state = self.optimizer, self.optimizer.optimizer.state
-        for flat, weights, group in zip(
-            opt.fp32_partitioned_groups_flat,
-            opt.fp16_partitioned_groups_flat,
-            opt.fp16_groups,
-            strict=True,
-        ):
-            if "exp_avg" not in state.get(flat, {}) or weights.data_ptr() != flat.data_ptr():
-                return False
-            if sum(p.partition_numel() for p in group) != flat.numel():
-                return False
-        return True
+        return all(
+            "exp_avg" in state.get(flat, {}) and weights.data_ptr() == flat.data_ptr()
+            for flat, weights in zip(
+                opt.fp32_partitioned_groups_flat, opt.fp16_partitioned_groups_flat, strict=True
+            )
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -420,7 +421,7 @@ class OneFusedStep:
                 torch._foreach_mul_(grads, 1.0 / scale)
         opt.zero_grad(set_to_none=True)
         for group_id, group in enumerate(opt.optimizer.param_groups):
-            self._adamw(group_id, group)
+            self._adamw(group_id, group, sub_groups)
         opt.averaged_gradients = {}  # the gradients are spent (DeepSpeed's own reset)
         opt._post_step(set())
 
@@ -435,8 +436,9 @@ class OneFusedStep:
             start += len(sub_group)
         return torch.linalg.vector_norm(torch.stack(per_group), ord=2)
 
-    def _adamw(self, group_id: int, group: dict) -> None:
-        """One fused AdamW call over the views of every weight in param group `group_id`."""
+    def _adamw(self, group_id: int, group: dict, sub_groups: list[list[torch.Tensor]]) -> None:
+        """One fused AdamW call over the views of every weight in param group `group_id`, with
+        `sub_groups`' gradients."""
         opt, state = self.optimizer, self.optimizer.optimizer.state
         weights, grads, exp_avgs, exp_avg_sqs, steps, counters = [], [], [], [], [], []
         for sub_group_id, params in enumerate(opt.fp16_groups):
@@ -445,7 +447,7 @@ class OneFusedStep:
             flat = opt.fp32_partitioned_groups_flat[sub_group_id]
             moments = state[flat]
             offset = 0
-            for param, grad in zip(params, opt.averaged_gradients[sub_group_id], strict=True):
+            for param, grad in zip(params, sub_groups[sub_group_id], strict=True):
                 n = param.partition_numel()
                 weights.append(flat.narrow(0, offset, n))
                 grads.append(grad)
